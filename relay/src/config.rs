@@ -1,0 +1,39 @@
+//! The relay's settings.
+
+use std::time::Duration;
+
+use sesame_tunnel::TransportSettings;
+
+/// How a relay behaves. The defaults suit a relay on a trusted network.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// How long a dial waits for the agent to accept or refuse it.
+    pub dial_timeout: Duration,
+    /// How long a new call may take to send its opening message (a session's hello, a dial's
+    /// target, a data stream's ticket).
+    pub handshake_timeout: Duration,
+    /// How long open connections may run after the relay is told to shut down.
+    pub grace_period: Duration,
+    /// How many control messages (dial notices, confirmations) may wait for a slow agent
+    /// before new dials to it fail at once.
+    pub control_queue: usize,
+    /// The most concurrent streams on one HTTP/2 connection: one per tunneled connection,
+    /// plus an agent's control stream.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 windows and frame sizes.
+    pub transport: TransportSettings,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            dial_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            grace_period: Duration::from_secs(10),
+            control_queue: 256,
+            max_concurrent_streams: 4096,
+            transport: TransportSettings::default(),
+        }
+    }
+}

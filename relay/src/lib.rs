@@ -1,0 +1,69 @@
+//! The Sesame relay: the meeting point of agents and dialers.
+//!
+//! Agents behind NAT dial out to the relay and keep a session open (`TunnelService`);
+//! dialers ask it for connections to the ports those agents expose (`DialerService`); anyone
+//! may list the connected remotes (`RemoteService`). All three are gRPC services on one
+//! listener. The relay never opens a connection of its own: it joins a dialer's stream to
+//! the data stream the agent opens in answer, with [`sesame_tunnel::splice`].
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7373").await?;
+//! sesame_relay::Relay::builder()
+//!     .build()
+//!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap() })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`server`](Relay): the services on one listener, and graceful shutdown;
+//! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
+//! - `dialer`: dials, parked under a ticket until the agent answers;
+//! - `remotes`: `GetRemote` and `ListRemotes`;
+//! - [`registry`]: who is connected, behind the [`Registry`] trait;
+//! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes;
+//! - `state`: what the services share; [`config`]: the settings.
+
+pub mod auth;
+pub mod config;
+mod dialer;
+pub mod registry;
+mod remotes;
+mod server;
+mod state;
+mod tunnel;
+
+use std::time::Duration;
+
+use sesame_tunnel::{Error, format_duration};
+use tonic::{Request, Status, Streaming};
+
+pub use config::RelayConfig;
+pub use registry::{MemoryRegistry, Registry, RemoteRecord};
+pub use server::{Relay, RelayBuilder};
+
+/// The caller's address, for logs and dial notices.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
+}
+
+/// Reads the opening message of a call, which must arrive within `timeout`.
+async fn first_message<T>(
+    requests: &mut Streaming<T>,
+    timeout: Duration,
+    what: &str,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, requests.message()).await {
+        Ok(Ok(Some(message))) => Ok(message),
+        Ok(Ok(None)) => Err(Error::protocol(format!("the call ended before its {what}")).into()),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no {what} within {}",
+            format_duration(timeout)
+        ))),
+    }
+}

@@ -1,0 +1,219 @@
+//! The registry: which remotes are connected, through which session, exposing which ports.
+//!
+//! It is a trait so that a cluster of relays can share one (a distributed key-value store);
+//! [`MemoryRegistry`] serves a single relay. Methods return boxed futures so that an
+//! implementation may wait on the network, and the relay can hold any implementation as
+//! `Arc<dyn Registry>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use futures_util::future::{BoxFuture, FutureExt, ready};
+use sesame_tunnel::{Error, RemoteName, SessionId};
+
+/// What the registry knows about one connected remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRecord {
+    /// The remote's name.
+    pub name: RemoteName,
+    /// The session that holds the name.
+    pub session: SessionId,
+    /// The ports the remote exposes.
+    pub ports: BTreeSet<u16>,
+    /// When the session began.
+    pub connect_time: SystemTime,
+    /// The agent's description of itself.
+    pub agent_version: String,
+}
+
+/// Where remotes are registered.
+pub trait Registry: Send + Sync + 'static {
+    /// Registers `record.name` for `record.session`; fails with [`Error::NameInUse`] when
+    /// another session holds the name.
+    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Forgets `name` if `session` still holds it.
+    fn release<'a>(
+        &'a self,
+        name: &'a RemoteName,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Replaces the exposed ports of `name`, if `session` still holds it.
+    fn set_ports<'a>(
+        &'a self,
+        name: &'a RemoteName,
+        session: &'a SessionId,
+        ports: BTreeSet<u16>,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Looks up one remote.
+    fn get<'a>(
+        &'a self,
+        name: &'a RemoteName,
+    ) -> BoxFuture<'a, Result<Option<RemoteRecord>, Error>>;
+
+    /// Lists up to `limit` remotes in name order, starting after `after`.
+    fn list<'a>(
+        &'a self,
+        after: Option<&'a RemoteName>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RemoteRecord>, Error>>;
+}
+
+/// A registry in this process's memory, for a single relay.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    remotes: Mutex<BTreeMap<RemoteName, RemoteRecord>>,
+}
+
+impl MemoryRegistry {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<RemoteName, RemoteRecord>) -> T) -> T {
+        f(&mut self
+            .remotes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<(), Error>> {
+        let result = self.with(|remotes| {
+            if remotes.contains_key(&record.name) {
+                return Err(Error::NameInUse {
+                    name: record.name.to_string(),
+                });
+            }
+            remotes.insert(record.name.clone(), record);
+            Ok(())
+        });
+        ready(result).boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a RemoteName,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.with(|remotes| {
+            if remotes.get(name).is_some_and(|r| &r.session == session) {
+                remotes.remove(name);
+            }
+        });
+        ready(Ok(())).boxed()
+    }
+
+    fn set_ports<'a>(
+        &'a self,
+        name: &'a RemoteName,
+        session: &'a SessionId,
+        ports: BTreeSet<u16>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.with(|remotes| {
+            if let Some(record) = remotes.get_mut(name).filter(|r| &r.session == session) {
+                record.ports = ports;
+            }
+        });
+        ready(Ok(())).boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        name: &'a RemoteName,
+    ) -> BoxFuture<'a, Result<Option<RemoteRecord>, Error>> {
+        ready(Ok(self.with(|remotes| remotes.get(name).cloned()))).boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        after: Option<&'a RemoteName>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RemoteRecord>, Error>> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let page = self.with(|remotes| {
+            remotes
+                .range::<RemoteName, _>((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(_, record)| record.clone())
+                .collect()
+        });
+        ready(Ok(page)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::executor::block_on;
+
+    fn record(name: &str, session: &SessionId) -> RemoteRecord {
+        RemoteRecord {
+            name: RemoteName::new(name).unwrap(),
+            session: session.clone(),
+            ports: BTreeSet::new(),
+            connect_time: SystemTime::UNIX_EPOCH,
+            agent_version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_name_has_one_holder_until_released() {
+        let registry = MemoryRegistry::default();
+        let (first, second) = (SessionId::generate(), SessionId::generate());
+        block_on(registry.claim(record("pi", &first))).unwrap();
+        let taken = block_on(registry.claim(record("pi", &second))).unwrap_err();
+        assert!(matches!(taken, Error::NameInUse { name } if name == "pi"));
+
+        let pi = RemoteName::new("pi").unwrap();
+        block_on(registry.release(&pi, &second)).unwrap();
+        assert!(
+            block_on(registry.get(&pi)).unwrap().is_some(),
+            "only the holder releases"
+        );
+        block_on(registry.release(&pi, &first)).unwrap();
+        assert!(block_on(registry.get(&pi)).unwrap().is_none());
+        block_on(registry.claim(record("pi", &second))).unwrap();
+    }
+
+    #[test]
+    fn ports_change_only_for_the_holder() {
+        let registry = MemoryRegistry::default();
+        let holder = SessionId::generate();
+        block_on(registry.claim(record("pi", &holder))).unwrap();
+        let pi = RemoteName::new("pi").unwrap();
+        block_on(registry.set_ports(&pi, &SessionId::generate(), [1].into())).unwrap();
+        assert!(
+            block_on(registry.get(&pi))
+                .unwrap()
+                .unwrap()
+                .ports
+                .is_empty()
+        );
+        block_on(registry.set_ports(&pi, &holder, [22, 80].into())).unwrap();
+        let ports = block_on(registry.get(&pi)).unwrap().unwrap().ports;
+        assert_eq!(ports.into_iter().collect::<Vec<_>>(), [22, 80]);
+    }
+
+    #[test]
+    fn lists_page_through_names_in_order() {
+        let registry = MemoryRegistry::default();
+        for name in ["c", "a", "e", "b", "d"] {
+            block_on(registry.claim(record(name, &SessionId::generate()))).unwrap();
+        }
+        let names = |page: Vec<RemoteRecord>| {
+            page.into_iter()
+                .map(|r| r.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(block_on(registry.list(None, 2)).unwrap()), ["a", "b"]);
+        let b = RemoteName::new("b").unwrap();
+        assert_eq!(
+            names(block_on(registry.list(Some(&b), 10)).unwrap()),
+            ["c", "d", "e"]
+        );
+        let z = RemoteName::new("z").unwrap();
+        assert!(block_on(registry.list(Some(&z), 10)).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,146 @@
+//! [`Relay`]: the three services on one listener, with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use sesame_proto::v1::dialer_service_server::DialerServiceServer;
+use sesame_proto::v1::remote_service_server::RemoteServiceServer;
+use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
+use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpIncoming};
+use tracing::{info, warn};
+
+use crate::auth::{AllowAll, Authorize};
+use crate::config::RelayConfig;
+use crate::dialer::Dialer;
+use crate::registry::{MemoryRegistry, Registry};
+use crate::remotes::Remotes;
+use crate::state::State;
+use crate::tunnel::Tunnel;
+
+/// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener.
+pub struct Relay {
+    state: Arc<State>,
+}
+
+/// Configures a [`Relay`].
+#[must_use]
+pub struct RelayBuilder {
+    config: RelayConfig,
+    registry: Arc<dyn Registry>,
+    auth: Arc<dyn Authorize>,
+}
+
+impl RelayBuilder {
+    /// The relay's settings.
+    pub fn config(mut self, config: RelayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where remotes are registered; a [`MemoryRegistry`] unless set.
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Who may do what; [`AllowAll`] unless set.
+    pub fn authorizer(mut self, auth: Arc<dyn Authorize>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The relay.
+    pub fn build(self) -> Relay {
+        Relay {
+            state: Arc::new(State::new(self.config, self.registry, self.auth)),
+        }
+    }
+}
+
+impl Relay {
+    /// Starts configuring a relay.
+    pub fn builder() -> RelayBuilder {
+        RelayBuilder {
+            config: RelayConfig::default(),
+            registry: Arc::new(MemoryRegistry::default()),
+            auth: Arc::new(AllowAll),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        self.serve_with_incoming(incoming, shutdown).await
+    }
+
+    /// Serves the connections `incoming` yields (TCP, or in-memory streams in tests) until
+    /// `shutdown` completes.
+    ///
+    /// Shutting down: the relay stops accepting connections and new calls, tells each agent
+    /// to drain and ends its session (so the remotes disappear), lets open connections run
+    /// for the configured grace period, then returns, cutting what is still open.
+    pub async fn serve_with_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = self.state;
+        let config = &state.config;
+        let transport = &config.transport;
+        let router = Server::builder()
+            .initial_stream_window_size(transport.stream_window)
+            .initial_connection_window_size(transport.connection_window)
+            .max_frame_size(transport.max_frame_size)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_adaptive_window(Some(false))
+            .add_service(
+                TunnelServiceServer::new(Tunnel {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                DialerServiceServer::new(Dialer {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(RemoteServiceServer::new(Remotes {
+                state: state.clone(),
+            }));
+
+        let draining = state.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            info!("shutting down: draining agents");
+            draining.cancel();
+        };
+        let server = router.serve_with_incoming_shutdown(incoming, signal);
+        let grace = config.grace_period;
+        let deadline = async {
+            state.shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result,
+            () = deadline => {
+                warn!("connections still open after the grace period were cut");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! What the relay's services share: its settings, the registry, the sessions connected to
+//! this relay, and the dials waiting for an agent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sesame_proto::v1::{DialRequest, OpenSessionResponse};
+use sesame_tunnel::splice::ToDialer;
+use sesame_tunnel::{SessionId, Ticket};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::auth::Authorize;
+use crate::config::RelayConfig;
+use crate::registry::Registry;
+
+/// The relay's shared state.
+pub(crate) struct State {
+    pub(crate) config: RelayConfig,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) auth: Arc<dyn Authorize>,
+    /// Cancelled when the relay begins to shut down.
+    pub(crate) shutdown: CancellationToken,
+    sessions: Mutex<HashMap<SessionId, SessionLink>>,
+    dials: Mutex<HashMap<Ticket, PendingDial>>,
+}
+
+/// How to reach an agent session on this relay.
+#[derive(Clone)]
+pub(crate) struct SessionLink {
+    /// The session's control stream towards the agent.
+    pub(crate) control: mpsc::Sender<Result<OpenSessionResponse, Status>>,
+    /// The largest data payload the agent accepts.
+    pub(crate) chunk_limit: usize,
+}
+
+/// A dial waiting for its agent to accept or refuse it.
+pub(crate) struct PendingDial {
+    pub(crate) session: SessionId,
+    /// The dialer's request stream, after its target.
+    pub(crate) from_dialer: Streaming<DialRequest>,
+    /// Where the dial's outcome goes.
+    pub(crate) reply: oneshot::Sender<Result<ToDialer, Status>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl State {
+    pub(crate) fn new(
+        config: RelayConfig,
+        registry: Arc<dyn Registry>,
+        auth: Arc<dyn Authorize>,
+    ) -> Self {
+        State {
+            config,
+            registry,
+            auth,
+            shutdown: CancellationToken::new(),
+            sessions: Mutex::default(),
+            dials: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn add_session(&self, id: SessionId, link: SessionLink) {
+        lock(&self.sessions).insert(id, link);
+    }
+
+    pub(crate) fn session(&self, id: &SessionId) -> Option<SessionLink> {
+        lock(&self.sessions).get(id).cloned()
+    }
+
+    /// Forgets a session, and fails the dials still waiting for it.
+    pub(crate) fn remove_session(&self, id: &SessionId) {
+        lock(&self.sessions).remove(id);
+        // Dropping a pending dial drops its reply: the dialer hears the remote went away.
+        lock(&self.dials).retain(|_, dial| &dial.session != id);
+    }
+
+    /// Parks a dial until its agent answers; the guard takes it back out if nobody does.
+    pub(crate) fn park_dial(self: &Arc<Self>, ticket: Ticket, dial: PendingDial) -> DialGuard {
+        lock(&self.dials).insert(ticket.clone(), dial);
+        DialGuard {
+            state: self.clone(),
+            ticket,
+        }
+    }
+
+    /// Takes the dial a ticket stands for, if `session` is the one it was offered to. A
+    /// ticket presented by another session stays valid for its own.
+    pub(crate) fn take_dial(&self, ticket: &Ticket, session: &SessionId) -> Option<PendingDial> {
+        let mut dials = lock(&self.dials);
+        if dials.get(ticket)?.session != *session {
+            return None;
+        }
+        dials.remove(ticket)
+    }
+}
+
+/// Removes a parked dial when the dial's handler ends, whatever happened to it.
+pub(crate) struct DialGuard {
+    state: Arc<State>,
+    ticket: Ticket,
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        lock(&self.state.dials).remove(&self.ticket);
+    }
+}

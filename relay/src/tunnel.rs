@@ -1,0 +1,281 @@
+//! `TunnelService`: agent sessions and the data streams they accept dials with.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::Stream;
+use sesame_proto::v1::tunnel_service_server::TunnelService;
+use sesame_proto::v1::{
+    AcceptConnectionRequest, DialFailure, Drain, ExposedPort, OpenSessionRequest,
+    OpenSessionResponse, PortExposed, Settings, Welcome, accept_connection_request,
+    open_session_request, open_session_response,
+};
+use sesame_tunnel::handshake::accept_hello;
+use sesame_tunnel::settings::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use sesame_tunnel::splice::{ToAgent, splice};
+use sesame_tunnel::{Error, SessionId, Ticket};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::Action;
+use crate::registry::RemoteRecord;
+use crate::remotes::to_proto;
+use crate::state::{SessionLink, State};
+use crate::{first_message, peer_of};
+
+/// The longest message of a dial failure the relay passes on to the dialer.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// The most bytes of error details (such as a reason) of a dial failure the relay passes on.
+const MAX_FAILURE_DETAILS: usize = 4096;
+
+/// Serves agents.
+pub(crate) struct Tunnel {
+    pub(crate) state: Arc<State>,
+}
+
+type ControlSender = mpsc::Sender<Result<OpenSessionResponse, Status>>;
+
+fn response(message: open_session_response::Message) -> OpenSessionResponse {
+    OpenSessionResponse {
+        message: Some(message),
+    }
+}
+
+#[tonic::async_trait]
+impl TunnelService for Tunnel {
+    type OpenSessionStream =
+        Pin<Box<dyn Stream<Item = Result<OpenSessionResponse, Status>> + Send>>;
+    type AcceptConnectionStream = ToAgent;
+
+    async fn open_session(
+        &self,
+        request: Request<Streaming<OpenSessionRequest>>,
+    ) -> Result<Response<Self::OpenSessionStream>, Status> {
+        let state = &self.state;
+        let peer = peer_of(&request);
+        let metadata = request.metadata().clone();
+        let mut requests = request.into_inner();
+        let hello =
+            match first_message(&mut requests, state.config.handshake_timeout, "hello").await? {
+                OpenSessionRequest {
+                    message: Some(open_session_request::Message::Hello(hello)),
+                } => hello,
+                _ => return Err(Error::protocol("a session must begin with a hello").into()),
+            };
+        let hello = accept_hello(hello)?;
+        state
+            .auth
+            .authorize(&metadata, Action::Register(&hello.name))?;
+        if state.shutdown.is_cancelled() {
+            return Err(Status::unavailable("the relay is shutting down"));
+        }
+
+        let session = SessionId::generate();
+        let record = RemoteRecord {
+            name: hello.name.clone(),
+            session: session.clone(),
+            ports: BTreeSet::new(),
+            connect_time: SystemTime::now(),
+            agent_version: hello.agent_version,
+        };
+        state.registry.claim(record.clone()).await?;
+
+        let (control, responses) = mpsc::channel(state.config.control_queue.max(1));
+        let welcome = Welcome {
+            protocol_version: hello.protocol_version.min(PROTOCOL_VERSION),
+            session_id: session.to_string(),
+            remote: Some(to_proto(&record)),
+            settings: Some(Settings {
+                max_chunk_bytes: MAX_CHUNK_BYTES as u32,
+                dial_timeout: prost_types::Duration::try_from(state.config.dial_timeout).ok(),
+            }),
+        };
+        control
+            .try_send(Ok(response(open_session_response::Message::Welcome(
+                welcome,
+            ))))
+            .expect("a new queue has room");
+        state.add_session(
+            session.clone(),
+            SessionLink {
+                control: control.clone(),
+                chunk_limit: hello.chunk_limit,
+            },
+        );
+        let span = info_span!("session", remote = %hello.name, %session);
+        span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
+        tokio::spawn(run_session(state.clone(), record, requests, control).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+    }
+
+    async fn accept_connection(
+        &self,
+        request: Request<Streaming<AcceptConnectionRequest>>,
+    ) -> Result<Response<ToAgent>, Status> {
+        let state = &self.state;
+        let mut requests = request.into_inner();
+        let presented =
+            match first_message(&mut requests, state.config.handshake_timeout, "ticket").await? {
+                AcceptConnectionRequest {
+                    message: Some(accept_connection_request::Message::Ticket(ticket)),
+                } => ticket,
+                _ => return Err(Error::protocol("a data stream must begin with its ticket").into()),
+            };
+        let unknown = || {
+            Status::not_found(
+                "no dial waits for this ticket: it expired, was used, or belongs to another session",
+            )
+        };
+        let ticket = Ticket::from_bytes(&presented.ticket).ok_or_else(unknown)?;
+        let session = SessionId::from_wire(presented.session_id);
+        let dial = state.take_dial(&ticket, &session).ok_or_else(unknown)?;
+        let chunk_limit = state
+            .session(&session)
+            .map_or(MAX_CHUNK_BYTES, |link| link.chunk_limit);
+        let (to_dialer, to_agent) = splice(dial.from_dialer, requests, chunk_limit);
+        dial.reply.send(Ok(to_dialer)).map_err(|_| {
+            Status::not_found("the dialer gave up before the connection was accepted")
+        })?;
+        Ok(Response::new(to_agent))
+    }
+}
+
+/// Runs one session's control stream until the agent leaves or the relay shuts down, then
+/// forgets the remote.
+async fn run_session(
+    state: Arc<State>,
+    record: RemoteRecord,
+    mut requests: Streaming<OpenSessionRequest>,
+    control: ControlSender,
+) {
+    let mut ports = BTreeSet::new();
+    let outcome = loop {
+        let message = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                let grace = prost_types::Duration::try_from(state.config.grace_period).ok();
+                let drain = response(open_session_response::Message::Drain(Drain { grace_period: grace }));
+                // An agent that does not read its control stream just misses the notice.
+                let _ = control.try_send(Ok(drain));
+                let _ = control.try_send(Err(Status::unavailable("the relay is shutting down")));
+                break "the relay is shutting down".to_owned();
+            }
+            message = requests.message() => message,
+        };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => break "the agent closed the session".to_owned(),
+            Err(status) => break format!("the agent went away: {}", status.message()),
+        };
+        if let Err(error) = handle(&state, &record, &mut ports, message, &control).await {
+            warn!(%error, "ending the session");
+            let _ = control.try_send(Err(error.to_status()));
+            break error.to_string();
+        }
+    };
+    info!(reason = %outcome, "remote disconnected");
+    state.remove_session(&record.session);
+    if let Err(error) = state.registry.release(&record.name, &record.session).await {
+        warn!(%error, "could not release the remote's name");
+    }
+}
+
+/// Acts on one control message from an agent.
+async fn handle(
+    state: &State,
+    record: &RemoteRecord,
+    ports: &mut BTreeSet<u16>,
+    message: OpenSessionRequest,
+    control: &ControlSender,
+) -> Result<(), Error> {
+    use open_session_request::Message;
+    match message.message {
+        Some(Message::ExposePort(expose)) => {
+            let port = valid_port(expose.port.map_or(0, |p| p.port))?;
+            ports.insert(port);
+            state
+                .registry
+                .set_ports(&record.name, &record.session, ports.clone())
+                .await?;
+            debug!(port, "port exposed");
+            let confirmation = PortExposed {
+                port: Some(ExposedPort {
+                    port: u32::from(port),
+                }),
+            };
+            let confirmation = response(open_session_response::Message::PortExposed(confirmation));
+            tokio::select! {
+                sent = control.send(Ok(confirmation)) => sent.map_err(|_| Error::protocol("the control stream closed"))?,
+                _ = state.shutdown.cancelled() => {}
+            }
+        }
+        Some(Message::UnexposePort(unexpose)) => {
+            let port = valid_port(unexpose.port)?;
+            if ports.remove(&port) {
+                state
+                    .registry
+                    .set_ports(&record.name, &record.session, ports.clone())
+                    .await?;
+                debug!(port, "port withdrawn");
+            }
+        }
+        Some(Message::DialFailure(failure)) => fail_dial(state, &record.session, failure),
+        Some(Message::Hello(_)) => return Err(Error::protocol("a second hello")),
+        None => return Err(Error::protocol("an empty control message")),
+    }
+    Ok(())
+}
+
+fn valid_port(port: u32) -> Result<u16, Error> {
+    u16::try_from(port)
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| Error::protocol(format!("port {port} is not a valid port")))
+}
+
+/// Passes an agent's refusal of a dial on to the dialer waiting for it.
+fn fail_dial(state: &State, session: &SessionId, failure: DialFailure) {
+    let Some(ticket) = Ticket::from_bytes(&failure.ticket) else {
+        return;
+    };
+    let Some(dial) = state.take_dial(&ticket, session) else {
+        // Already answered, timed out, or never ours: nothing waits for it.
+        return;
+    };
+    let _ = dial.reply.send(Err(status_from_agent(failure.status)));
+}
+
+/// A status an agent reported, made safe to pass on: a real error code and a bounded message.
+fn status_from_agent(status: Option<sesame_proto::RpcStatus>) -> Status {
+    let Some(status) = status else {
+        return Status::unknown("the remote refused the connection without a reason");
+    };
+    let code = match tonic::Code::from_i32(status.code) {
+        tonic::Code::Ok => tonic::Code::Unknown,
+        code => code,
+    };
+    let message: String = status.message.chars().take(MAX_FAILURE_MESSAGE).collect();
+    let details_len: usize = status
+        .details
+        .iter()
+        .map(|any| any.value.len() + any.type_url.len())
+        .sum();
+    let details = sesame_proto::RpcStatus {
+        code: code as i32,
+        message: message.clone(),
+        details: if details_len <= MAX_FAILURE_DETAILS {
+            status.details
+        } else {
+            Vec::new()
+        },
+    };
+    Status::with_details(
+        code,
+        message,
+        prost::Message::encode_to_vec(&details).into(),
+    )
+}

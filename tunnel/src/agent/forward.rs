@@ -1,0 +1,168 @@
+//! Forwarding an exposed port to a TCP target the agent can reach.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::copy_bidirectional_with_sizes;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::session::{Session, Shared};
+use crate::format_duration;
+use crate::{Error, Ticket};
+
+/// The size of each direction's copy buffer: large reads mean few system calls and full
+/// chunks on the wire.
+const COPY_BUFFER: usize = 64 << 10;
+
+/// A TCP address an agent forwards a port's connections to. The agent connects to nothing
+/// else: it is never an open proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    /// A target at `host` (a name or an IP address) and `port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or(host);
+        Target { host, port }
+    }
+
+    /// A target on this machine: `localhost:PORT`, trying each address `localhost` resolves to.
+    pub fn local(port: u16) -> Self {
+        Target::new("localhost", port)
+    }
+
+    /// The host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An exposed port whose connections the session forwards to a [`Target`]. Dropping it
+/// withdraws the port; connections already open keep running.
+#[derive(Debug)]
+pub struct Forward {
+    session: Session,
+    port: u16,
+    target: Target,
+}
+
+impl Forward {
+    pub(super) fn new(session: Session, port: u16, target: Target) -> Self {
+        Forward {
+            session,
+            port,
+            target,
+        }
+    }
+
+    /// The exposed port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where its connections go.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.session.shared().unexpose(self.port);
+    }
+}
+
+/// Serves one dial notice: connects to the target first, so that a refused target fails the
+/// dial with a clear reason, then accepts the dial and copies bytes both ways until both
+/// directions have ended.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    port: u16,
+    peer: String,
+    target: Target,
+) {
+    let limit = shared.target_timeout();
+    let connect = TcpStream::connect((target.host.as_str(), target.port));
+    let mut tcp = match tokio::time::timeout(limit, connect).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(error)) => {
+            let reason = format!("{target}: {}", io_reason(&error));
+            return shared.refuse(ticket, port, peer, Error::TargetRefused { reason });
+        }
+        Err(_) => {
+            let reason = format!("{target}: no answer within {}", format_duration(limit));
+            return shared.refuse(ticket, port, peer, Error::TargetRefused { reason });
+        }
+    };
+    // Latency matters more than packet count: small writes (a prompt, a keystroke) go at once.
+    let _ = tcp.set_nodelay(true);
+    let mut conn = shared.accept(ticket, port, peer);
+    if let Err(error) =
+        copy_bidirectional_with_sizes(&mut tcp, &mut conn, COPY_BUFFER, COPY_BUFFER).await
+    {
+        debug!(port, %target, %error, "forwarded connection failed");
+        conn.record_error(&error);
+    }
+}
+
+/// An I/O error as a short lowercase phrase: `connection refused`, not
+/// `Connection refused (os error 111)`.
+pub(crate) fn io_reason(error: &io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.find(" (os error") {
+        Some(end) => &text[..end],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_print_like_addresses() {
+        assert_eq!(Target::local(8080).to_string(), "localhost:8080");
+        assert_eq!(Target::new("[::1]", 22).to_string(), "[::1]:22");
+        assert_eq!(Target::new("::1", 22).host(), "::1");
+        assert_eq!(Target::new("10.0.0.2", 5432).to_string(), "10.0.0.2:5432");
+    }
+
+    #[test]
+    fn io_errors_read_as_short_phrases() {
+        let refused = io::Error::from_raw_os_error(111);
+        assert_eq!(io_reason(&refused), "connection refused");
+        let custom = io::Error::other("Timed out");
+        assert_eq!(io_reason(&custom), "timed out");
+    }
+}

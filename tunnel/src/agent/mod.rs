@@ -1,0 +1,35 @@
+//! The agent: a program behind NAT that dials out to a relay and serves the connections
+//! dialed to its remote.
+//!
+//! Shaped like ngrok-rust: build a [`Session`], then take a [`Listener`] per port (a `Stream`
+//! of incoming [`Connection`](crate::Connection)s to serve in-process), or let the session
+//! [`forward`](Session::forward) a port to a local TCP target.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), sesame_tunnel::Error> {
+//! use futures_util::StreamExt;
+//! use sesame_tunnel::{RemoteName, Session};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! let session = Session::builder(RemoteName::new("device-42")?)
+//!     .relay("http://127.0.0.1:7373".parse().unwrap())
+//!     .connect()
+//!     .await?;
+//! let mut listener = session.listen(80).await?;
+//! while let Some(conn) = listener.next().await {
+//!     let mut conn = conn?;
+//!     tokio::spawn(async move { conn.write_all(b"hello from behind the NAT\n").await });
+//! }
+//! # Ok(()) }
+//! ```
+
+mod forward;
+mod listener;
+mod observe;
+mod session;
+
+pub use forward::{Forward, Target};
+pub use listener::Listener;
+pub(crate) use observe::ConnectionMeter;
+pub use observe::{Event, Stats};
+pub use session::{Session, SessionBuilder};

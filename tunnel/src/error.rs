@@ -1,0 +1,355 @@
+//! The errors of the protocol core, and how they travel as gRPC statuses.
+//!
+//! Every error the relay or an agent reports to a peer is a [`tonic::Status`] whose details
+//! carry a `google.rpc.ErrorInfo` with a machine-readable reason (`REMOTE_NOT_FOUND`, ...) in
+//! the [`ERROR_DOMAIN`] domain. [`Error::from_status`] turns such a status back into the
+//! matching variant, so a client matches on [`Error`] rather than parsing messages.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of the reasons Sesame reports.
+pub const ERROR_DOMAIN: &str = "sesame.dev";
+
+/// What can go wrong between agents, dialers and the relay.
+///
+/// Messages are lowercase and name what failed; the CLI prints them as they are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No connected remote has this name.
+    #[error("no remote named {name:?}")]
+    RemoteNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The remote is connected but does not expose this port.
+    #[error("remote {name:?} does not expose port {port}")]
+    PortNotExposed {
+        /// The remote's name.
+        name: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// The remote's agent could not connect to the target behind the port.
+    #[error("target refused: {reason}")]
+    TargetRefused {
+        /// What the agent saw, for example `localhost:8080: connection refused`.
+        reason: String,
+    },
+    /// Another session holds this remote name.
+    #[error("remote name {name:?} is already in use by another agent")]
+    NameInUse {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name is not a valid remote name.
+    #[error("invalid remote name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// This session already exposes the port.
+    #[error("port {port} is already exposed in this session")]
+    PortInUse {
+        /// The port.
+        port: u16,
+    },
+    /// The two sides share no protocol version, or one broke the protocol.
+    #[error("protocol error: {reason}")]
+    Protocol {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The relay could not be reached at all.
+    #[error("cannot reach relay at {relay}")]
+    RelayUnreachable {
+        /// The relay's address.
+        relay: String,
+        /// Why the connection failed.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// Something did not happen in time.
+    #[error("{what} timed out after {}", format_duration(*.after))]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The agent session has ended; the reason says why.
+    #[error("session closed: {reason}")]
+    SessionClosed {
+        /// Why the session ended.
+        reason: String,
+    },
+    /// Any other status from a peer.
+    #[error("{}", describe(.0))]
+    Status(Status),
+}
+
+/// A machine-readable reason, carried in `google.rpc.ErrorInfo.reason`.
+mod reason {
+    pub const REMOTE_NOT_FOUND: &str = "REMOTE_NOT_FOUND";
+    pub const PORT_NOT_EXPOSED: &str = "PORT_NOT_EXPOSED";
+    pub const TARGET_REFUSED: &str = "TARGET_REFUSED";
+    pub const NAME_IN_USE: &str = "NAME_IN_USE";
+    pub const INVALID_NAME: &str = "INVALID_NAME";
+    pub const PROTOCOL: &str = "PROTOCOL";
+}
+
+impl Error {
+    /// The gRPC status code this error travels as.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::RemoteNotFound { .. } | Error::PortNotExposed { .. } => Code::NotFound,
+            Error::TargetRefused { .. } | Error::RelayUnreachable { .. } => Code::Unavailable,
+            Error::SessionClosed { .. } => Code::Unavailable,
+            Error::NameInUse { .. } | Error::PortInUse { .. } => Code::AlreadyExists,
+            Error::InvalidName { .. } => Code::InvalidArgument,
+            Error::Protocol { .. } => Code::FailedPrecondition,
+            Error::Timeout { .. } => Code::DeadlineExceeded,
+            Error::Status(status) => status.code(),
+        }
+    }
+
+    /// A protocol violation by a peer.
+    pub fn protocol(reason: impl Into<String>) -> Self {
+        Error::Protocol {
+            reason: reason.into(),
+        }
+    }
+
+    /// Turns a status received from a peer back into the error it stands for.
+    pub fn from_status(status: Status) -> Self {
+        let details = status.get_error_details();
+        let Some(info) = details
+            .error_info()
+            .filter(|info| info.domain == ERROR_DOMAIN)
+        else {
+            return Error::Status(status);
+        };
+        let field = |key: &str| info.metadata.get(key).cloned().unwrap_or_default();
+        let port = || field("port").parse::<u16>().ok();
+        match info.reason.as_str() {
+            reason::REMOTE_NOT_FOUND => Error::RemoteNotFound {
+                name: field("remote"),
+            },
+            reason::PORT_NOT_EXPOSED => match port() {
+                Some(port) => Error::PortNotExposed {
+                    name: field("remote"),
+                    port,
+                },
+                None => Error::Status(status),
+            },
+            reason::TARGET_REFUSED => Error::TargetRefused {
+                reason: field("reason"),
+            },
+            reason::NAME_IN_USE => Error::NameInUse {
+                name: field("remote"),
+            },
+            reason::INVALID_NAME => Error::InvalidName {
+                name: field("remote"),
+                reason: field("reason"),
+            },
+            reason::PROTOCOL => Error::Protocol {
+                reason: field("reason"),
+            },
+            _ => Error::Status(status),
+        }
+    }
+
+    /// The `ErrorInfo` reason and metadata of this error, if it has a reason of its own.
+    fn error_info(&self) -> Option<(&'static str, HashMap<String, String>)> {
+        let map = |pairs: &[(&str, String)]| {
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                .collect()
+        };
+        Some(match self {
+            Error::RemoteNotFound { name } => {
+                (reason::REMOTE_NOT_FOUND, map(&[("remote", name.clone())]))
+            }
+            Error::PortNotExposed { name, port } => (
+                reason::PORT_NOT_EXPOSED,
+                map(&[("remote", name.clone()), ("port", port.to_string())]),
+            ),
+            Error::TargetRefused { reason } => {
+                (reason::TARGET_REFUSED, map(&[("reason", reason.clone())]))
+            }
+            Error::NameInUse { name } => (reason::NAME_IN_USE, map(&[("remote", name.clone())])),
+            Error::InvalidName { name, reason } => (
+                reason::INVALID_NAME,
+                map(&[("remote", name.clone()), ("reason", reason.clone())]),
+            ),
+            Error::Protocol { reason } => (reason::PROTOCOL, map(&[("reason", reason.clone())])),
+            _ => return None,
+        })
+    }
+
+    /// The status this error travels as, with its reason in the details.
+    pub fn to_status(&self) -> Status {
+        if let Error::Status(status) = self {
+            return status.clone();
+        }
+        match self.error_info() {
+            Some((reason, metadata)) => Status::with_error_details(
+                self.code(),
+                self.to_string(),
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+            ),
+            None => Status::new(self.code(), self.to_string()),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Status(status) => status,
+            other => other.to_status(),
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        Error::from_status(status)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        let kind = match error.code() {
+            Code::NotFound => io::ErrorKind::NotFound,
+            Code::Unavailable => io::ErrorKind::ConnectionRefused,
+            Code::DeadlineExceeded => io::ErrorKind::TimedOut,
+            Code::Cancelled | Code::Aborted => io::ErrorKind::ConnectionReset,
+            Code::InvalidArgument => io::ErrorKind::InvalidInput,
+            Code::AlreadyExists => io::ErrorKind::AddrInUse,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// Describes a status without a reason of its own: its message, or its code when empty.
+fn describe(status: &Status) -> String {
+    let code = code_name(status.code());
+    match status.message() {
+        "" => code.to_owned(),
+        message => format!("{message} ({code})"),
+    }
+}
+
+/// The lowercase name of a gRPC status code, as in the gRPC specification.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Formats a duration the way people say it: `10s`, `1.5s`, `250ms`.
+pub fn format_duration(duration: Duration) -> String {
+    if duration >= Duration::from_secs(1) {
+        let secs = duration.as_secs_f64();
+        if secs.fract() == 0.0 {
+            format!("{secs:.0}s")
+        } else {
+            format!("{secs:.1}s")
+        }
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(error: Error) -> Error {
+        Error::from_status(Status::from(error))
+    }
+
+    #[test]
+    fn reasons_survive_the_trip_through_a_status() {
+        let status = Status::from(Error::RemoteNotFound {
+            name: "device-42".into(),
+        });
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), r#"no remote named "device-42""#);
+
+        match round_trip(Error::PortNotExposed {
+            name: "pi".into(),
+            port: 22,
+        }) {
+            Error::PortNotExposed { name, port } => assert_eq!((name.as_str(), port), ("pi", 22)),
+            other => panic!("unexpected {other:?}"),
+        }
+        match round_trip(Error::TargetRefused {
+            reason: "localhost:8080: connection refused".into(),
+        }) {
+            Error::TargetRefused { reason } => {
+                assert_eq!(reason, "localhost:8080: connection refused")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            round_trip(Error::NameInUse { name: "x".into() }),
+            Error::NameInUse { name } if name == "x"
+        ));
+    }
+
+    #[test]
+    fn foreign_or_plain_statuses_stay_statuses() {
+        let plain = Error::from_status(Status::unavailable("relay shut down"));
+        assert_eq!(plain.to_string(), "relay shut down (unavailable)");
+        assert_eq!(plain.code(), Code::Unavailable);
+
+        let foreign = Status::with_error_details(
+            Code::NotFound,
+            "nope",
+            ErrorDetails::with_error_info("REMOTE_NOT_FOUND", "example.com", HashMap::new()),
+        );
+        assert!(matches!(Error::from_status(foreign), Error::Status(_)));
+    }
+
+    #[test]
+    fn io_errors_keep_the_meaning() {
+        let refused: io::Error = Error::TargetRefused { reason: "x".into() }.into();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        let reset: io::Error = Error::Status(Status::cancelled("gone")).into();
+        assert_eq!(reset.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+}

@@ -1,0 +1,133 @@
+//! How the four data-carrying messages map to the bytes of a connection.
+//!
+//! Clients (dialers and agents) send [`ClientMessage`]s: data, and they end their direction by
+//! ending the request stream. Servers (the relay) send [`ServerMessage`]s: data, and
+//! `close_write` to end their direction, because a gRPC server cannot end its response
+//! stream without ending the call.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use sesame_proto::v1::{
+    AcceptConnectionRequest, AcceptConnectionResponse, CloseWrite, DialRequest, DialResponse,
+    accept_connection_request, accept_connection_response, dial_request, dial_response,
+};
+use tonic::Status;
+
+/// What a connection's reader receives from the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// Bytes of the connection.
+    Data(Bytes),
+    /// The other side shut down its write side.
+    CloseWrite,
+}
+
+/// A boxed stream of what a connection's reader receives.
+pub(crate) type InboundStream = Pin<Box<dyn Stream<Item = Result<Inbound, Status>> + Send>>;
+
+/// A message a client sends after its opening message: data only.
+pub trait ClientMessage: Sized + Send + 'static {
+    /// Wraps a chunk of data.
+    fn data(chunk: Bytes) -> Self;
+    /// Takes the data out, refusing anything else as a protocol error.
+    fn into_data(self) -> Result<Bytes, Status>;
+}
+
+/// A message a server sends after its opening message: data or `close_write`.
+pub trait ServerMessage: Sized + Send + 'static {
+    /// Wraps a chunk of data.
+    fn data(chunk: Bytes) -> Self;
+    /// The message that ends the server's direction.
+    fn close_write() -> Self;
+    /// What the message means to the reader, refusing anything else as a protocol error.
+    fn into_inbound(self) -> Result<Inbound, Status>;
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::invalid_argument(format!(
+        "protocol error: unexpected {what} in a data stream"
+    ))
+}
+
+impl ClientMessage for DialRequest {
+    fn data(chunk: Bytes) -> Self {
+        DialRequest {
+            message: Some(dial_request::Message::Data(chunk)),
+        }
+    }
+
+    fn into_data(self) -> Result<Bytes, Status> {
+        match self.message {
+            Some(dial_request::Message::Data(chunk)) => Ok(chunk),
+            Some(dial_request::Message::Target(_)) => Err(unexpected("second target")),
+            None => Err(unexpected("empty message")),
+        }
+    }
+}
+
+impl ClientMessage for AcceptConnectionRequest {
+    fn data(chunk: Bytes) -> Self {
+        AcceptConnectionRequest {
+            message: Some(accept_connection_request::Message::Data(chunk)),
+        }
+    }
+
+    fn into_data(self) -> Result<Bytes, Status> {
+        match self.message {
+            Some(accept_connection_request::Message::Data(chunk)) => Ok(chunk),
+            Some(accept_connection_request::Message::Ticket(_)) => Err(unexpected("second ticket")),
+            None => Err(unexpected("empty message")),
+        }
+    }
+}
+
+impl ServerMessage for DialResponse {
+    fn data(chunk: Bytes) -> Self {
+        DialResponse {
+            message: Some(dial_response::Message::Data(chunk)),
+        }
+    }
+
+    fn close_write() -> Self {
+        DialResponse {
+            message: Some(dial_response::Message::CloseWrite(CloseWrite {})),
+        }
+    }
+
+    fn into_inbound(self) -> Result<Inbound, Status> {
+        match self.message {
+            Some(dial_response::Message::Data(chunk)) => Ok(Inbound::Data(chunk)),
+            Some(dial_response::Message::CloseWrite(CloseWrite {})) => Ok(Inbound::CloseWrite),
+            Some(dial_response::Message::Opened(_)) => Err(unexpected("second opened")),
+            None => Err(unexpected("empty message")),
+        }
+    }
+}
+
+impl ServerMessage for AcceptConnectionResponse {
+    fn data(chunk: Bytes) -> Self {
+        AcceptConnectionResponse {
+            message: Some(accept_connection_response::Message::Data(chunk)),
+        }
+    }
+
+    fn close_write() -> Self {
+        AcceptConnectionResponse {
+            message: Some(accept_connection_response::Message::CloseWrite(
+                CloseWrite {},
+            )),
+        }
+    }
+
+    fn into_inbound(self) -> Result<Inbound, Status> {
+        match self.message {
+            Some(accept_connection_response::Message::Data(chunk)) => Ok(Inbound::Data(chunk)),
+            Some(accept_connection_response::Message::CloseWrite(CloseWrite {})) => {
+                Ok(Inbound::CloseWrite)
+            }
+            None => Err(unexpected("empty message")),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Sesame's protocol core: everything agents, dialers and the relay share.
+//!
+//! Sesame carries TCP connections from a *dialer*, through a self-hosted *relay*, to a
+//! service behind an *agent* that only ever dials out. Each agent keeps one gRPC control
+//! stream open to the relay (its *session*); each tunneled connection is a gRPC stream of its
+//! own on each side, joined in the relay, so HTTP/2 flow control applies per connection and a
+//! slow reader never stalls another connection.
+//!
+//! # Layout
+//!
+//! - [`agent`]: the agent API. [`Session`] registers a remote; [`Listener`] yields the
+//!   connections dialed to a port; [`Session::forward`] sends them to a local [`Target`].
+//! - [`dialer`]: [`Dialer::dial`] opens a connection to a port of a remote.
+//! - [`Connection`]: what both ends see, `AsyncRead + AsyncWrite` with half-close.
+//! - [`splice`]: how the relay joins a dialer's stream to an agent's.
+//! - [`handshake`]: the session handshake as pure functions.
+//! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
+//! - [`Error`]: typed errors that travel as gRPC statuses with a reason.
+//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`RelayUrl`], [`TransportSettings`]: the
+//!   small types the rest is built from.
+
+pub mod agent;
+mod connection;
+pub mod dialer;
+mod error;
+pub mod frame;
+pub mod handshake;
+mod name;
+mod pipe;
+pub mod settings;
+pub mod splice;
+mod ticket;
+mod transport;
+
+pub use agent::{Event, Forward, Listener, Session, SessionBuilder, Stats, Target};
+pub use connection::{Connection, ConnectionInfo};
+pub use dialer::Dialer;
+pub use error::{ERROR_DOMAIN, Error, code_name, format_duration};
+pub use name::RemoteName;
+pub use settings::TransportSettings;
+pub use ticket::{SessionId, Ticket};
+pub use transport::{DEFAULT_PORT, DEFAULT_RELAY, RelayUrl};
+
+/// Re-exported so that users of this crate name the same tonic and proto types.
+pub use {sesame_proto as proto, tonic};

@@ -1,0 +1,71 @@
+//! Protocol constants and the tuning shared by the relay and its clients.
+
+use std::time::Duration;
+
+/// The protocol version this crate speaks best.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The largest data payload any Sesame endpoint sends in one message. A peer may announce a
+/// lower limit in its settings.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// The smallest limit a peer may announce: below this, chunks get too small to move data
+/// efficiently, so such a peer is refused.
+pub const MIN_CHUNK_BYTES: usize = 4 << 10;
+
+/// The largest encoded message any Sesame endpoint accepts: a full chunk plus framing.
+pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_BYTES + 1024;
+
+/// How data moves over the HTTP/2 connection to or from a relay.
+///
+/// The defaults suit both loopback and WAN links; every field is a trade of memory for
+/// throughput, explained on the field.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TransportSettings {
+    /// The HTTP/2 flow-control window of each stream, that is, of each tunneled connection.
+    /// It caps how much of one connection's data can be in flight unread, so it bounds the
+    /// memory a stalled reader costs, and it caps one connection's throughput at
+    /// window / round-trip time.
+    pub stream_window: u32,
+    /// The HTTP/2 window of the whole connection. It is as large as HTTP/2 allows, so that
+    /// stalled streams, each bounded by `stream_window`, never starve the others.
+    pub connection_window: u32,
+    /// The largest HTTP/2 frame this side accepts.
+    pub max_frame_size: u32,
+    /// The data payload of one message when the sender has that much waiting.
+    pub chunk_bytes: usize,
+    /// How many bytes a [`Connection`](crate::Connection) accepts from its writer before
+    /// `poll_write` waits for the transport to take them.
+    pub write_buffer: usize,
+    /// How long to wait for the TCP connection to the relay.
+    pub connect_timeout: Duration,
+    /// How long to wait for the relay to answer a session's hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            stream_window: 1 << 20,
+            connection_window: (1 << 31) - 1,
+            max_frame_size: 64 << 10,
+            chunk_bytes: 64 << 10,
+            write_buffer: 128 << 10,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The chunk limit a peer announced, as the number to honour: zero means the protocol's
+/// ceiling, and nothing above the ceiling counts.
+pub(crate) fn announced_chunk_limit(announced: u32) -> usize {
+    match announced as usize {
+        0 => MAX_CHUNK_BYTES,
+        n => n.min(MAX_CHUNK_BYTES),
+    }
+}

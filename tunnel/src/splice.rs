@@ -1,0 +1,420 @@
+//! The relay's half of a connection: joining a dialer's Dial call to an agent's
+//! AcceptConnection call.
+//!
+//! Each direction is a stream transformation: the response stream the relay returns to one
+//! peer *is* the other peer's request stream, mapped message by message. No task and no
+//! buffer sits in between, so tonic pulls from one peer exactly as fast as HTTP/2 flow
+//! control lets it push to the other: backpressure passes straight through the relay, and
+//! each direction holds at most one chunk of its own.
+//!
+//! The two directions share a [`Joint`] that carries what one must tell the other: that it
+//! has finished (a call ends with OK only once both directions have), or that it failed (then
+//! both calls end with an error, each worded for its own peer).
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use sesame_proto::v1::{
+    AcceptConnectionRequest, AcceptConnectionResponse, DialOpened, DialRequest, DialResponse,
+    dial_response,
+};
+use tonic::Status;
+
+use crate::frame::{ClientMessage, ServerMessage};
+use crate::settings::MAX_CHUNK_BYTES;
+
+/// What the relay sends the dialer: `opened`, then the agent's bytes.
+pub type ToDialer = Pin<Box<dyn Stream<Item = Result<DialResponse, Status>> + Send>>;
+
+/// What the relay sends the agent: the dialer's bytes.
+pub type ToAgent = Pin<Box<dyn Stream<Item = Result<AcceptConnectionResponse, Status>> + Send>>;
+
+/// Joins a dial to the agent's data stream that accepted it.
+///
+/// `from_dialer` and `from_agent` are the request streams after their opening messages;
+/// `agent_chunk_limit` is the largest data payload the agent accepts (chunks from the dialer
+/// are split, without copying, to fit).
+pub fn splice<D, A>(from_dialer: D, from_agent: A, agent_chunk_limit: usize) -> (ToDialer, ToAgent)
+where
+    D: Stream<Item = Result<DialRequest, Status>> + Send + Unpin + 'static,
+    A: Stream<Item = Result<AcceptConnectionRequest, Status>> + Send + Unpin + 'static,
+{
+    let joint = Arc::new(Joint::default());
+    let opened = DialResponse {
+        message: Some(dial_response::Message::Opened(DialOpened {})),
+    };
+    let to_dialer = Half::<_, DialResponse>::new(
+        from_agent,
+        Direction::TO_DIALER,
+        MAX_CHUNK_BYTES,
+        joint.clone(),
+    );
+    let to_agent = Half::<_, AcceptConnectionResponse>::new(
+        from_dialer,
+        Direction::TO_AGENT,
+        agent_chunk_limit,
+        joint,
+    );
+    (
+        Box::pin(stream::once(async { Ok(opened) }).chain(to_dialer)),
+        Box::pin(to_agent),
+    )
+}
+
+/// One direction of a spliced connection, and who is at either end of it.
+#[derive(Clone, Copy)]
+struct Direction {
+    index: usize,
+    /// The peer whose requests this direction reads.
+    source: &'static str,
+    /// The peer this direction's responses go to.
+    sink: &'static str,
+}
+
+impl Direction {
+    const TO_DIALER: Direction = Direction {
+        index: 0,
+        source: "remote",
+        sink: "dialer",
+    };
+    const TO_AGENT: Direction = Direction {
+        index: 1,
+        source: "dialer",
+        sink: "remote",
+    };
+
+    fn other(self) -> usize {
+        1 - self.index
+    }
+}
+
+/// What the two directions of one connection share.
+#[derive(Default)]
+struct Joint {
+    state: Mutex<JointState>,
+}
+
+#[derive(Default)]
+struct JointState {
+    /// Which directions have sent `close_write`.
+    closed: [bool; 2],
+    /// Once the connection fails: the status each direction ends its call with.
+    abort: Option<[Status; 2]>,
+    wakers: [Option<Waker>; 2],
+}
+
+impl Joint {
+    fn lock(&self) -> MutexGuard<'_, JointState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fails the connection; the first failure wins.
+    fn abort(&self, statuses: [Status; 2]) {
+        let mut state = self.lock();
+        if state.abort.is_none() {
+            state.abort = Some(statuses);
+        }
+        state
+            .wakers
+            .iter_mut()
+            .filter_map(Option::take)
+            .for_each(Waker::wake);
+    }
+}
+
+enum Stage {
+    /// Forwarding the source's data.
+    Forwarding,
+    /// The source ended: send `close_write` next.
+    Closing,
+    /// `close_write` sent: wait for the other direction before ending the call.
+    Waiting,
+    /// Finished, with or without error.
+    Done,
+}
+
+/// One direction: the source peer's requests mapped into responses for the sink peer.
+struct Half<S, Out> {
+    source: S,
+    direction: Direction,
+    chunk_limit: usize,
+    pending: Bytes,
+    stage: Stage,
+    joint: Arc<Joint>,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<S, Out> Half<S, Out> {
+    fn new(source: S, direction: Direction, chunk_limit: usize, joint: Arc<Joint>) -> Self {
+        Half {
+            source,
+            direction,
+            chunk_limit: chunk_limit.max(1),
+            pending: Bytes::new(),
+            stage: Stage::Forwarding,
+            joint,
+            _out: PhantomData,
+        }
+    }
+
+    /// Fails the connection because of this direction's source, with `to_source` for the
+    /// peer at fault and `to_sink` for the other.
+    fn fail(&mut self, to_sink: Status, to_source: Status) -> Status {
+        let mut statuses = [to_sink.clone(), to_sink];
+        statuses[self.direction.other()] = to_source;
+        self.joint.abort(statuses);
+        self.stage = Stage::Done;
+        self.joint.lock().abort.as_ref().expect("just aborted")[self.direction.index].clone()
+    }
+}
+
+impl<S, In, Out> Stream for Half<S, Out>
+where
+    S: Stream<Item = Result<In, Status>> + Unpin,
+    In: ClientMessage,
+    Out: ServerMessage,
+{
+    type Item = Result<Out, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let me = this.direction.index;
+        loop {
+            match this.stage {
+                Stage::Forwarding => {
+                    {
+                        let mut joint = this.joint.lock();
+                        if let Some(statuses) = &joint.abort {
+                            let status = statuses[me].clone();
+                            drop(joint);
+                            this.stage = Stage::Done;
+                            return Poll::Ready(Some(Err(status)));
+                        }
+                        joint.wakers[me] = Some(cx.waker().clone());
+                    }
+                    if !this.pending.is_empty() {
+                        let n = this.pending.len().min(this.chunk_limit);
+                        return Poll::Ready(Some(Ok(Out::data(this.pending.split_to(n)))));
+                    }
+                    match ready!(this.source.poll_next_unpin(cx)) {
+                        Some(Ok(message)) => match message.into_data() {
+                            Ok(chunk) => this.pending = chunk,
+                            Err(violation) => {
+                                let source = this.direction.source;
+                                let to_sink =
+                                    Status::aborted(format!("the {source} broke the protocol"));
+                                return Poll::Ready(Some(Err(this.fail(to_sink, violation))));
+                            }
+                        },
+                        Some(Err(status)) => {
+                            let source = this.direction.source;
+                            let to_sink =
+                                Status::aborted(format!("the {source} reset the connection"));
+                            return Poll::Ready(Some(Err(this.fail(to_sink, status))));
+                        }
+                        None => this.stage = Stage::Closing,
+                    }
+                }
+                Stage::Closing => {
+                    let mut joint = this.joint.lock();
+                    joint.closed[me] = true;
+                    if let Some(waker) = joint.wakers[this.direction.other()].take() {
+                        waker.wake();
+                    }
+                    this.stage = Stage::Waiting;
+                    return Poll::Ready(Some(Ok(Out::close_write())));
+                }
+                Stage::Waiting => {
+                    let mut joint = this.joint.lock();
+                    if let Some(statuses) = &joint.abort {
+                        let status = statuses[me].clone();
+                        drop(joint);
+                        this.stage = Stage::Done;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    if joint.closed[this.direction.other()] {
+                        drop(joint);
+                        this.stage = Stage::Done;
+                        return Poll::Ready(None);
+                    }
+                    joint.wakers[me] = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Stage::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl<S, Out> Drop for Half<S, Out> {
+    fn drop(&mut self) {
+        // Dropped before the end: the sink peer's call went away (a reset, or the relay
+        // shutting down). The other direction ends its call with an error.
+        if !matches!(self.stage, Stage::Done) {
+            let sink = self.direction.sink;
+            let gone = Status::aborted(format!("the {sink} closed the connection"));
+            self.joint.abort([gone.clone(), gone]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::task::noop_waker_ref;
+    use sesame_proto::v1::accept_connection_response;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
+
+    fn source<T>() -> (Sender<T>, UnboundedReceiverStream<Result<T, Status>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, UnboundedReceiverStream::new(rx))
+    }
+
+    fn poll<S: Stream + Unpin>(s: &mut S) -> Poll<Option<S::Item>> {
+        s.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
+    }
+
+    fn data_to_agent(item: Poll<Option<Result<AcceptConnectionResponse, Status>>>) -> Bytes {
+        match item {
+            Poll::Ready(Some(Ok(AcceptConnectionResponse {
+                message: Some(accept_connection_response::Message::Data(b)),
+            }))) => b,
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_flow_both_ways_and_calls_end_after_both_half_closes() {
+        let (dialer, from_dialer) = source::<DialRequest>();
+        let (agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+
+        assert!(matches!(
+            poll(&mut to_dialer),
+            Poll::Ready(Some(Ok(DialResponse {
+                message: Some(dial_response::Message::Opened(_))
+            })))
+        ));
+        dialer
+            .send(Ok(DialRequest::data(Bytes::from_static(b"ping"))))
+            .unwrap();
+        assert_eq!(data_to_agent(poll(&mut to_agent)), "ping");
+
+        // The dialer half-closes; the agent still answers, and its call stays open.
+        drop(dialer);
+        assert!(matches!(
+            poll(&mut to_agent),
+            Poll::Ready(Some(Ok(m))) if m == AcceptConnectionResponse::close_write()
+        ));
+        assert!(
+            poll(&mut to_agent).is_pending(),
+            "waits for the other direction"
+        );
+
+        agent
+            .send(Ok(AcceptConnectionRequest::data(Bytes::from_static(
+                b"pong",
+            ))))
+            .unwrap();
+        assert!(matches!(
+            poll(&mut to_dialer),
+            Poll::Ready(Some(Ok(m))) if m == DialResponse::data(Bytes::from_static(b"pong"))
+        ));
+        drop(agent);
+        assert!(matches!(
+            poll(&mut to_dialer),
+            Poll::Ready(Some(Ok(m))) if m == DialResponse::close_write()
+        ));
+        assert!(
+            matches!(poll(&mut to_dialer), Poll::Ready(None)),
+            "both closed: OK"
+        );
+        assert!(matches!(poll(&mut to_agent), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn chunks_are_split_to_the_agents_limit_without_copying() {
+        let (dialer, from_dialer) = source::<DialRequest>();
+        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (_to_dialer, mut to_agent) = splice(from_dialer, from_agent, 4);
+        let chunk = Bytes::from_static(b"0123456789");
+        dialer.send(Ok(DialRequest::data(chunk.clone()))).unwrap();
+        let pieces: Vec<Bytes> = (0..3).map(|_| data_to_agent(poll(&mut to_agent))).collect();
+        assert_eq!(pieces, ["0123", "4567", "89"]);
+        assert_eq!(
+            pieces[1].as_ptr(),
+            chunk[4..].as_ptr(),
+            "a slice, not a copy"
+        );
+    }
+
+    #[test]
+    fn a_reset_by_one_peer_fails_both_calls() {
+        let (dialer, from_dialer) = source::<DialRequest>();
+        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let _opened = poll(&mut to_dialer);
+        assert!(poll(&mut to_dialer).is_pending());
+
+        dialer.send(Err(Status::cancelled("gone"))).unwrap();
+        match poll(&mut to_agent) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), tonic::Code::Aborted);
+                assert_eq!(status.message(), "the dialer reset the connection");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(poll(&mut to_dialer), Poll::Ready(Some(Err(_)))));
+        assert!(matches!(poll(&mut to_agent), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_protocol_violation_is_reported_to_the_offender() {
+        let (dialer, from_dialer) = source::<DialRequest>();
+        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let _opened = poll(&mut to_dialer);
+        dialer.send(Ok(DialRequest { message: None })).unwrap();
+        match poll(&mut to_agent) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.message(), "the dialer broke the protocol")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match poll(&mut to_dialer) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dropped_call_fails_the_other_even_after_its_half_close() {
+        let (dialer, from_dialer) = source::<DialRequest>();
+        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        drop(dialer);
+        assert!(
+            matches!(poll(&mut to_agent), Poll::Ready(Some(Ok(_)))),
+            "close_write"
+        );
+        assert!(poll(&mut to_agent).is_pending());
+        drop(to_dialer);
+        match poll(&mut to_agent) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.message(), "the dialer closed the connection")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

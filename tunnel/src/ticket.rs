@@ -1,0 +1,89 @@
+//! Unguessable identifiers: dial tickets and session ids.
+
+use std::fmt;
+
+/// Fills a buffer from the operating system's random source.
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes
+}
+
+/// A one-use secret that binds an agent's data stream to one dial: 128 random bits.
+///
+/// Its `Debug` output is masked, so tickets never reach logs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Ticket([u8; 16]);
+
+impl Ticket {
+    /// Draws a new ticket.
+    pub fn generate() -> Self {
+        Ticket(random())
+    }
+
+    /// Reads a ticket from the wire; `None` unless it is exactly 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Ticket)
+    }
+
+    /// The ticket's bytes, for the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ticket(..)")
+    }
+}
+
+/// The relay's identifier of one agent session: 128 random bits, in hex.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Draws a new session id.
+    pub fn generate() -> Self {
+        let bytes: [u8; 16] = random();
+        SessionId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Wraps a session id received from the wire.
+    pub fn from_wire(id: String) -> Self {
+        SessionId(id)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_distinct_and_round_trip() {
+        let a = Ticket::generate();
+        assert_ne!(a, Ticket::generate());
+        assert_eq!(Ticket::from_bytes(a.as_bytes()), Some(a.clone()));
+        assert_eq!(Ticket::from_bytes(&a.as_bytes()[..15]), None);
+        assert_eq!(format!("{a:?}"), "Ticket(..)");
+    }
+
+    #[test]
+    fn session_ids_are_32_hex_digits() {
+        let id = SessionId::generate();
+        assert_eq!(id.as_str().len(), 32);
+        assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, SessionId::generate());
+    }
+}
