@@ -1,1 +1,57 @@
-fn main() {}
+//! `sesame`: expose ports from behind NAT, reach them through your own relay, or run the
+//! relay. One binary, built on the `sesame-tunnel` and `sesame-relay` crates.
+//!
+//! # Layout
+//!
+//! - `args`: the command line (clap); `spec`: the `PORT` forms `expose` accepts;
+//! - `commands`: one module per subcommand;
+//! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
+//! - `report`: errors as one line and a hint.
+
+mod args;
+mod commands;
+mod logging;
+mod report;
+mod spec;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, RelayCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Reading stdin blocks a thread that cannot be cancelled: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", report::one_line(&error));
+            if let Some(hint) = report::hint(&error) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(args).await,
+        Command::Expose(args) => commands::expose::run(cli.relay, args).await,
+        Command::Connect(args) => commands::connect::run(cli.relay, args).await,
+        Command::Ls(args) => commands::ls::run(cli.relay, args).await,
+    }
+}

@@ -146,7 +146,6 @@ impl Registry for MemoryRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::executor::block_on;
 
     fn record(name: &str, session: &SessionId) -> RemoteRecord {
         RemoteRecord {
@@ -158,62 +157,65 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_name_has_one_holder_until_released() {
+    #[tokio::test]
+    async fn a_name_has_one_holder_until_released() {
         let registry = MemoryRegistry::default();
         let (first, second) = (SessionId::generate(), SessionId::generate());
-        block_on(registry.claim(record("pi", &first))).unwrap();
-        let taken = block_on(registry.claim(record("pi", &second))).unwrap_err();
+        registry.claim(record("pi", &first)).await.unwrap();
+        let taken = registry.claim(record("pi", &second)).await.unwrap_err();
         assert!(matches!(taken, Error::NameInUse { name } if name == "pi"));
 
         let pi = RemoteName::new("pi").unwrap();
-        block_on(registry.release(&pi, &second)).unwrap();
+        registry.release(&pi, &second).await.unwrap();
         assert!(
-            block_on(registry.get(&pi)).unwrap().is_some(),
+            registry.get(&pi).await.unwrap().is_some(),
             "only the holder releases"
         );
-        block_on(registry.release(&pi, &first)).unwrap();
-        assert!(block_on(registry.get(&pi)).unwrap().is_none());
-        block_on(registry.claim(record("pi", &second))).unwrap();
+        registry.release(&pi, &first).await.unwrap();
+        assert!(registry.get(&pi).await.unwrap().is_none());
+        registry.claim(record("pi", &second)).await.unwrap();
     }
 
-    #[test]
-    fn ports_change_only_for_the_holder() {
+    #[tokio::test]
+    async fn ports_change_only_for_the_holder() {
         let registry = MemoryRegistry::default();
         let holder = SessionId::generate();
-        block_on(registry.claim(record("pi", &holder))).unwrap();
+        registry.claim(record("pi", &holder)).await.unwrap();
         let pi = RemoteName::new("pi").unwrap();
-        block_on(registry.set_ports(&pi, &SessionId::generate(), [1].into())).unwrap();
-        assert!(
-            block_on(registry.get(&pi))
-                .unwrap()
-                .unwrap()
-                .ports
-                .is_empty()
-        );
-        block_on(registry.set_ports(&pi, &holder, [22, 80].into())).unwrap();
-        let ports = block_on(registry.get(&pi)).unwrap().unwrap().ports;
+        registry
+            .set_ports(&pi, &SessionId::generate(), [1].into())
+            .await
+            .unwrap();
+        assert!(registry.get(&pi).await.unwrap().unwrap().ports.is_empty());
+        registry
+            .set_ports(&pi, &holder, [22, 80].into())
+            .await
+            .unwrap();
+        let ports = registry.get(&pi).await.unwrap().unwrap().ports;
         assert_eq!(ports.into_iter().collect::<Vec<_>>(), [22, 80]);
     }
 
-    #[test]
-    fn lists_page_through_names_in_order() {
+    #[tokio::test]
+    async fn lists_page_through_names_in_order() {
         let registry = MemoryRegistry::default();
         for name in ["c", "a", "e", "b", "d"] {
-            block_on(registry.claim(record(name, &SessionId::generate()))).unwrap();
+            registry
+                .claim(record(name, &SessionId::generate()))
+                .await
+                .unwrap();
         }
         let names = |page: Vec<RemoteRecord>| {
             page.into_iter()
                 .map(|r| r.name.to_string())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(block_on(registry.list(None, 2)).unwrap()), ["a", "b"]);
+        assert_eq!(names(registry.list(None, 2).await.unwrap()), ["a", "b"]);
         let b = RemoteName::new("b").unwrap();
         assert_eq!(
-            names(block_on(registry.list(Some(&b), 10)).unwrap()),
+            names(registry.list(Some(&b), 10).await.unwrap()),
             ["c", "d", "e"]
         );
         let z = RemoteName::new("z").unwrap();
-        assert!(block_on(registry.list(Some(&z), 10)).unwrap().is_empty());
+        assert!(registry.list(Some(&z), 10).await.unwrap().is_empty());
     }
 }

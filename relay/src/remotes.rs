@@ -47,7 +47,7 @@ fn encode_page_token(last: &RemoteName) -> String {
 
 fn decode_page_token(token: &str) -> Result<RemoteName, Status> {
     let invalid = || Status::invalid_argument("invalid page token");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let bytes = (0..token.len())

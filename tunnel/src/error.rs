@@ -243,10 +243,9 @@ impl From<Error> for io::Error {
 
 /// Describes a status without a reason of its own: its message, or its code when empty.
 fn describe(status: &Status) -> String {
-    let code = code_name(status.code());
     match status.message() {
-        "" => code.to_owned(),
-        message => format!("{message} ({code})"),
+        "" => code_name(status.code()).to_owned(),
+        message => message.to_owned(),
     }
 }
 
@@ -327,7 +326,11 @@ mod tests {
     #[test]
     fn foreign_or_plain_statuses_stay_statuses() {
         let plain = Error::from_status(Status::unavailable("relay shut down"));
-        assert_eq!(plain.to_string(), "relay shut down (unavailable)");
+        assert_eq!(plain.to_string(), "relay shut down");
+        assert_eq!(
+            Error::Status(Status::cancelled("")).to_string(),
+            "cancelled"
+        );
         assert_eq!(plain.code(), Code::Unavailable);
 
         let foreign = Status::with_error_details(

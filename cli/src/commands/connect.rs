@@ -1,0 +1,123 @@
+//! `sesame connect`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use sesame_proto::v1::GetRemoteRequest;
+use sesame_proto::v1::remote_service_client::RemoteServiceClient;
+use sesame_tunnel::tonic::transport::Channel;
+use sesame_tunnel::{Connection, Dialer, Error, RelayUrl, RemoteName, TransportSettings};
+use tokio::io::{AsyncWriteExt, copy_bidirectional_with_sizes};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::args::ConnectArgs;
+
+/// Each direction's copy buffer.
+const COPY_BUFFER: usize = 64 << 10;
+
+pub async fn run(relay: RelayUrl, args: ConnectArgs) -> anyhow::Result<()> {
+    let settings = TransportSettings::default();
+    let channel = relay.connect(&settings).await?;
+    let dialer = Dialer::new(channel.clone(), settings);
+    if args.stdio {
+        let conn = dialer.dial(&args.name, args.port).await?;
+        return stdio(conn).await;
+    }
+    // Fail now, not at the first connection, if the remote or its port is not there.
+    check_exposed(RemoteServiceClient::new(channel), &args.name, args.port).await?;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    println!(
+        "listening on {local}: connections go to {} port {}",
+        args.name, args.port
+    );
+    tokio::select! {
+        () = super::stop_requested() => Ok(()),
+        result = serve(listener, dialer, args.name, args.port) => result,
+    }
+}
+
+async fn check_exposed(
+    mut remotes: RemoteServiceClient<Channel>,
+    name: &RemoteName,
+    port: u16,
+) -> Result<(), Error> {
+    let request = GetRemoteRequest {
+        name: name.resource_name(),
+    };
+    let remote = remotes.get_remote(request).await?.into_inner();
+    if remote
+        .ports
+        .iter()
+        .any(|exposed| exposed.port == u32::from(port))
+    {
+        Ok(())
+    } else {
+        Err(Error::PortNotExposed {
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+/// Accepts local connections and carries each to the remote, until stopped.
+async fn serve(
+    listener: TcpListener,
+    dialer: Dialer,
+    name: RemoteName,
+    port: u16,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut local, peer) = listener
+            .accept()
+            .await
+            .context("cannot accept connections")?;
+        let (dialer, name) = (dialer.clone(), name.clone());
+        tokio::spawn(async move {
+            if let Err(error) = forward(&mut local, &dialer, &name, port).await {
+                warn!("connection from {peer}: {error}");
+            }
+        });
+    }
+}
+
+async fn forward(
+    local: &mut TcpStream,
+    dialer: &Dialer,
+    name: &RemoteName,
+    port: u16,
+) -> anyhow::Result<()> {
+    let _ = local.set_nodelay(true);
+    let mut remote = dialer.dial(name, port).await?;
+    let (sent, received) =
+        copy_bidirectional_with_sizes(local, &mut remote, COPY_BUFFER, COPY_BUFFER).await?;
+    debug!(sent, received, "connection closed");
+    Ok(())
+}
+
+/// Carries one connection over stdin and stdout, until both directions have ended.
+async fn stdio(conn: Connection) -> anyhow::Result<()> {
+    let (mut from_remote, mut to_remote) = tokio::io::split(conn);
+    let upload = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut to_remote).await?;
+        to_remote.shutdown().await
+    };
+    let download = async {
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut from_remote, &mut stdout).await?;
+        stdout.flush().await
+    };
+    let (uploaded, downloaded) = tokio::join!(upload, download);
+    downloaded.context("the connection failed")?;
+    match uploaded {
+        // The remote closed the connection before stdin ended: nothing more can be sent.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("the connection failed"),
+    }
+}

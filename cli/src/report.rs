@@ -1,0 +1,99 @@
+//! How errors reach the user: one lowercase line, and a `hint:` line where one helps.
+
+use std::io;
+
+use sesame_tunnel::Error;
+
+/// The error as one line: what failed, then its root cause, if it adds anything.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let first = error.to_string();
+    let root = error.root_cause().to_string();
+    if error.chain().count() == 1 || first.contains(&root) {
+        return first;
+    }
+    format!("{first}: {}", short_cause(&root))
+}
+
+/// A cause as a short lowercase phrase: `connection refused`, not
+/// `tcp connect error: Connection refused (os error 111)`.
+fn short_cause(cause: &str) -> String {
+    let cause = cause.rsplit(": ").next().unwrap_or(cause);
+    let cause = cause.split(" (os error").next().unwrap_or(cause);
+    let mut chars = cause.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// What the user might do about `error`, if there is something to suggest.
+pub fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    for cause in error.chain() {
+        if let Some(error) = cause.downcast_ref::<Error>() {
+            return match error {
+                Error::RemoteNotFound { .. } => {
+                    Some("`sesame ls` lists the remotes connected to the relay")
+                }
+                Error::PortNotExposed { .. } => {
+                    Some("`sesame ls` shows the ports each remote exposes")
+                }
+                Error::NameInUse { .. } => {
+                    Some("choose another name with --name, or stop the agent that holds this one")
+                }
+                Error::RelayUnreachable { .. } => Some(
+                    "start one with `sesame relay serve`, or point --relay (or SESAME_RELAY) at yours",
+                ),
+                Error::TargetRefused { .. } => {
+                    Some("is the service behind that port running on the remote's side?")
+                }
+                Error::Protocol { .. } => {
+                    Some("the relay and this program may be incompatible versions")
+                }
+                _ => None,
+            };
+        }
+        if let Some(error) = cause.downcast_ref::<io::Error>()
+            && error.kind() == io::ErrorKind::AddrInUse
+        {
+            return Some("another program uses that address; pick another with --listen");
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn one_line_keeps_the_message_and_the_root_cause() {
+        let io = io::Error::from(io::ErrorKind::AddrInUse);
+        let error = Err::<(), _>(io)
+            .context("cannot listen on 127.0.0.1:7373")
+            .unwrap_err();
+        assert_eq!(
+            one_line(&error),
+            "cannot listen on 127.0.0.1:7373: address in use"
+        );
+        assert_eq!(
+            hint(&error),
+            Some("another program uses that address; pick another with --listen")
+        );
+    }
+
+    #[test]
+    fn typed_errors_get_their_hint() {
+        let error = anyhow::Error::from(Error::RemoteNotFound { name: "pi".into() });
+        assert_eq!(one_line(&error), r#"no remote named "pi""#);
+        assert!(hint(&error).unwrap().contains("sesame ls"));
+    }
+
+    #[test]
+    fn causes_read_as_short_phrases() {
+        assert_eq!(
+            short_cause("tcp connect error: Connection refused (os error 111)"),
+            "connection refused"
+        );
+    }
+}

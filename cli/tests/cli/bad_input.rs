@@ -1,0 +1,180 @@
+//! Bad input gets one clear line, a hint where one helps, a non-zero exit, and harms nobody.
+
+use crate::util::*;
+
+/// Asserts a runtime failure: exit code 1, and stderr starting with `error: {message}`.
+fn assert_fails(output: &std::process::Output, message: &str) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {message}")),
+        "stderr: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn an_unknown_remote_is_named_in_the_error() {
+    let relay = Relay::start();
+    for mode in [&["--stdio"][..], &["--listen", "127.0.0.1:0"]] {
+        let mut args = vec!["connect", "nosuch", "--port", "22"];
+        args.extend_from_slice(mode);
+        let stderr = assert_fails(&relay.run(&args, b""), r#"no remote named "nosuch""#);
+        assert!(stderr.contains("hint: `sesame ls`"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unexposed_port_is_named_in_the_error() {
+    let relay = Relay::start();
+    let _agent = relay.expose("pi", &["2222:127.0.0.1:22"]);
+    let output = relay.run(&["connect", "pi", "--port", "23", "--stdio"], b"");
+    assert_fails(&output, r#"remote "pi" does not expose port 23"#);
+}
+
+#[test]
+fn a_dead_target_fails_that_dial_and_nothing_else() {
+    let relay = Relay::start();
+    let http = HttpServer::start(1 << 20);
+    let (dead, alive) = (closed_port().to_string(), http.port.to_string());
+    let mut agent = relay.expose("mixed", &[&dead, &alive]);
+
+    let output = relay.run(&["connect", "mixed", "--port", &dead, "--stdio"], b"");
+    assert_fails(
+        &output,
+        &format!("target refused: localhost:{dead}: connection refused"),
+    );
+    agent.wait_for(|line| {
+        line.contains(&format!("port {dead}: dial from")) && line.contains("refused")
+    });
+
+    // The agent, the relay and the other port carry on.
+    assert!(agent.is_running());
+    let request = format!("GET /{} HTTP/1.0\r\n\r\n", http.file.0);
+    let output = relay.run(
+        &["connect", "mixed", "--port", &alive, "--stdio"],
+        request.as_bytes(),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(sha256(http_body(&output.stdout).1), sha256(&http.file.1));
+}
+
+#[test]
+fn a_second_agent_cannot_take_a_name_in_use() {
+    let relay = Relay::start();
+    let http = HttpServer::start(1024);
+    let port = http.port.to_string();
+    let mut first = relay.expose("web", &[&port]);
+
+    let mut second = relay.sesame(&["expose", "--name", "web", &port]);
+    let (status, output) = second.wait_exit();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains(r#"[stderr] error: remote name "web" is already in use by another agent"#),
+        "{output}"
+    );
+    assert!(
+        output.contains("hint: choose another name with --name"),
+        "{output}"
+    );
+
+    // The first agent keeps the name and keeps serving.
+    assert!(first.is_running());
+    let request = format!("GET /{} HTTP/1.0\r\n\r\n", http.file.0);
+    let output = relay.run(
+        &["connect", "web", "--port", &port, "--stdio"],
+        request.as_bytes(),
+    );
+    assert_eq!(sha256(http_body(&output.stdout).1), sha256(&http.file.1));
+}
+
+#[test]
+fn an_unreachable_relay_is_named_in_the_error() {
+    let relay = format!("http://127.0.0.1:{}", closed_port());
+    for args in [
+        vec!["ls"],
+        vec!["expose", "8080", "--name", "x"],
+        vec!["connect", "x", "--port", "22", "--stdio"],
+    ] {
+        let mut all = vec!["--relay", relay.as_str()];
+        all.extend(args);
+        let output = sesame_run(&all);
+        let stderr = assert_fails(
+            &output,
+            &format!("cannot reach relay at {relay}: connection refused"),
+        );
+        assert!(
+            stderr.contains("hint: start one with `sesame relay serve`"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn invalid_ports_names_and_addresses_are_usage_errors() {
+    for (args, complaint) in [
+        (vec!["expose", "70000"], "\"70000\" is not a port"),
+        (vec!["expose", "0"], "\"0\" is not a port"),
+        (vec!["expose", "web:"], "\"\" is not a port"),
+        (vec!["expose", ":80"], "names no host"),
+        (
+            vec!["expose", "8080", "--name", "Bad_Name"],
+            "invalid remote name",
+        ),
+        (
+            vec!["connect", "pi", "--port", "0"],
+            "'0' for '--port <PORT>'",
+        ),
+        (
+            vec!["connect", "pi", "--port", "http"],
+            "'http' for '--port <PORT>'",
+        ),
+        (vec!["connect", "pi"], "--port <PORT>"),
+        (
+            vec![
+                "connect",
+                "pi",
+                "--port",
+                "22",
+                "--stdio",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec!["connect", "pi", "--port", "22", "--listen", "localhost"],
+            "invalid socket address",
+        ),
+        (
+            vec!["relay", "serve", "--listen", "nowhere"],
+            "invalid socket address",
+        ),
+        (
+            vec!["--relay", "ftp://relay", "ls"],
+            "the scheme must be http://",
+        ),
+        (
+            vec!["--relay", "relay:99999", "ls"],
+            "the port must be a number",
+        ),
+    ] {
+        let output = sesame_run(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(complaint), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_port_given_twice_is_refused_before_connecting() {
+    let output = sesame_run(&[
+        "--relay",
+        "http://127.0.0.1:1",
+        "expose",
+        "22",
+        "127.0.0.1:22",
+    ]);
+    assert_fails(&output, "port 22 is given twice");
+}

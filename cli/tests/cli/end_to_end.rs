@@ -1,0 +1,145 @@
+//! Data through the real binaries, byte-exact.
+
+use std::process::Command;
+
+use crate::util::*;
+
+#[test]
+fn curl_fetches_a_file_through_connect_listen_byte_exact() {
+    require("curl");
+    let relay = Relay::start();
+    let http = HttpServer::start(4 << 20);
+    let port = http.port.to_string();
+    let mut agent = relay.expose("web", &[&port]);
+    let mut connect = relay.sesame(&["connect", "web", "--port", &port, "--listen", "127.0.0.1:0"]);
+    let line = connect.wait_for(|line| line.starts_with("listening on "));
+    let local = line
+        .trim_start_matches("listening on ")
+        .split(": ")
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let out = scratch_dir();
+    // Two fetches: the listener serves each connection with a dial of its own.
+    for attempt in 0..2 {
+        let path = out.join(format!("fetched-{attempt}"));
+        let mut curl = Command::new("curl");
+        curl.args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "60",
+            "--output",
+        ])
+        .arg(&path)
+        .arg(format!("http://{local}/{}", http.file.0));
+        let result = run(curl, b"");
+        assert!(
+            result.status.success(),
+            "curl failed: {}",
+            text(&result.stderr)
+        );
+        let fetched = std::fs::read(&path).unwrap();
+        assert_eq!(fetched.len(), http.file.1.len());
+        assert_eq!(sha256(&fetched), sha256(&http.file.1));
+    }
+    // On a pipe, the agent reports each connection on a line of its own.
+    agent.wait_for(|line| line.contains("opened"));
+    agent.wait_for(|line| line.contains("closed") && line.contains("4.00 MiB out"));
+}
+
+#[test]
+fn stdio_carries_one_connection_byte_exact() {
+    let relay = Relay::start();
+    let http = HttpServer::start(3 << 20);
+    let port = http.port.to_string();
+    let _agent = relay.expose("web", &[&port]);
+
+    // Like ssh's ProxyCommand: the request on stdin, then EOF; the response on stdout.
+    let request = format!("GET /{} HTTP/1.0\r\nHost: web\r\n\r\n", http.file.0);
+    let result = relay.run(
+        &["connect", "web", "--port", &port, "--stdio"],
+        request.as_bytes(),
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    assert!(
+        result.stderr.is_empty(),
+        "stdio mode prints nothing else: {}",
+        text(&result.stderr)
+    );
+    let (status, body) = http_body(&result.stdout);
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(sha256(body), sha256(&http.file.1));
+}
+
+#[test]
+fn ls_lists_remotes_with_their_ports_as_json_and_as_a_table() {
+    let relay = Relay::start();
+    let http = HttpServer::start(16);
+    let port = http.port.to_string();
+    let other = closed_port().to_string();
+    let _web = relay.expose("web", &[&port, &format!("127.0.0.1:{other}")]);
+    let _db = relay.expose("db", &["2222:127.0.0.1:5432"]);
+
+    let result = relay.run(&["ls", "--json"], b"");
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let remotes: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let remotes = remotes.as_array().unwrap();
+    let names: Vec<&str> = remotes
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "web"], "sorted by name");
+    assert_eq!(remotes[0]["ports"], serde_json::json!([2222]));
+    let mut web_ports = vec![http.port, other.parse().unwrap()];
+    web_ports.sort_unstable();
+    assert_eq!(remotes[1]["ports"], serde_json::json!(web_ports));
+    for remote in remotes {
+        assert_eq!(
+            remote["agent_version"],
+            format!("sesame/{}", env!("CARGO_PKG_VERSION"))
+        );
+        let since = remote["connect_time"].as_str().unwrap();
+        assert!(
+            since.ends_with('Z') && since.len() == 20,
+            "RFC 3339: {since}"
+        );
+    }
+
+    let table = text(&relay.run(&["ls"], b"").stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME")
+            && lines[0].contains("PORTS")
+            && lines[0].contains("CONNECTED")
+    );
+    assert!(
+        lines[1].starts_with("db ") && lines[1].contains("2222"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("web ") && lines[2].contains(&port),
+        "{table}"
+    );
+}
+
+#[test]
+fn expose_derives_a_valid_name_from_the_host_name() {
+    let relay = Relay::start();
+    let mut agent = relay.sesame(&["expose", &closed_port().to_string()]);
+    let line = agent.wait_for(|line| line.starts_with("remote "));
+    let name = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    );
+    let listed = text(&relay.run(&["ls"], b"").stdout);
+    assert!(
+        listed.lines().any(|l| l.starts_with(&format!("{name} "))),
+        "{listed}"
+    );
+}

@@ -1,0 +1,343 @@
+//! Running the real `sesame` binary and the real peers (curl, python3) as processes, with
+//! every wait bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The longest any one step may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binary under test.
+pub fn sesame() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sesame"));
+    command
+        .env_remove("SESAME_RELAY")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// Fails clearly when a tool the tests need is missing.
+pub fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(found, "{tool} is required: scripts/test.sh installs it");
+}
+
+/// A fresh directory for one test.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "cli-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `len` random bytes.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0; len];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    data
+}
+
+/// The SHA-256 of `data`, in hex.
+pub fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A port on loopback that nothing listens on.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command to its end, feeding it `stdin`; fails the test if it takes too long.
+pub fn run(mut command: Command, stdin: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let pid = child.id();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(STEP_TIMEOUT) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{command:?} did not finish within {STEP_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Runs `sesame ARGS` to its end with empty stdin.
+pub fn sesame_run(args: &[&str]) -> Output {
+    let mut command = sesame();
+    command.args(args);
+    run(command, b"")
+}
+
+/// Text of a command's output stream.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A long-running process whose output lines the test waits on. Killed when dropped.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<(Stream, String)>,
+    seen: Vec<(Stream, String)>,
+}
+
+impl Proc {
+    /// Starts `command` with piped output.
+    pub fn start(mut command: Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let (sender, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (stream, pipe) in [
+            (Stream::Stdout, Box::new(stdout) as Box<dyn Read + Send>),
+            (Stream::Stderr, Box::new(stderr)),
+        ] {
+            let sender = sender.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if sender.send((stream, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts `sesame ARGS`.
+    pub fn sesame(args: &[&str]) -> Proc {
+        let mut command = sesame();
+        command.args(args);
+        Proc::start(command)
+    }
+
+    /// Waits for a stdout line that `matches` accepts, and returns it.
+    pub fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((stream, line)) => {
+                    self.seen.push((stream, line.clone()));
+                    if stream == Stream::Stdout && matches(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "the expected line never came; output so far:\n{}",
+                    self.transcript()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit (it must close its output first) and returns its
+    /// status and everything it printed.
+    pub fn wait_exit(&mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "the process did not exit; output so far:\n{}",
+                        self.transcript()
+                    )
+                }
+            }
+        }
+        (self.child.wait().unwrap(), self.transcript())
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Everything printed so far, stderr lines marked.
+    pub fn transcript(&self) -> String {
+        self.seen
+            .iter()
+            .map(|(stream, line)| match stream {
+                Stream::Stdout => format!("{line}\n"),
+                Stream::Stderr => format!("[stderr] {line}\n"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay on an ephemeral port.
+pub struct Relay {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Relay {
+    pub fn start() -> Relay {
+        let mut proc =
+            Proc::sesame(&["relay", "serve", "--listen", "127.0.0.1:0", "--grace", "2s"]);
+        let line = proc.wait_for(|line| line.starts_with("relay listening on "));
+        let addr = line.trim_start_matches("relay listening on ").to_owned();
+        Relay {
+            proc,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// `sesame --relay URL ARGS`, as a long-running process.
+    pub fn sesame(&self, args: &[&str]) -> Proc {
+        let mut command = sesame();
+        command.arg("--relay").arg(&self.url).args(args);
+        Proc::start(command)
+    }
+
+    /// `sesame --relay URL ARGS`, run to its end with `stdin`.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut command = sesame();
+        command.arg("--relay").arg(&self.url).args(args);
+        run(command, stdin)
+    }
+
+    /// Exposes `ports` as `name` and waits until every port is reachable.
+    pub fn expose(&self, name: &str, ports: &[&str]) -> Proc {
+        let mut args = vec!["expose", "--name", name];
+        args.extend_from_slice(ports);
+        let mut proc = self.sesame(&args);
+        proc.wait_for(|line| line.starts_with(&format!("remote {name} is connected")));
+        for _ in ports {
+            proc.wait_for(|line| line.contains("reach it with:"));
+        }
+        proc
+    }
+}
+
+/// `python3 -m http.server` on an ephemeral port, serving a directory with one random file.
+pub struct HttpServer {
+    pub _proc: Proc,
+    pub port: u16,
+    /// The file's name and contents.
+    pub file: (String, Vec<u8>),
+}
+
+impl HttpServer {
+    pub fn start(file_len: usize) -> HttpServer {
+        require("python3");
+        let dir = scratch_dir();
+        let data = random_bytes(file_len);
+        std::fs::write(dir.join("data.bin"), &data).unwrap();
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&dir);
+        let mut proc = Proc::start(command);
+        let line = proc.wait_for(|line| line.starts_with("Serving HTTP on"));
+        let port = line
+            .split_whitespace()
+            .skip_while(|word| *word != "port")
+            .nth(1)
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        HttpServer {
+            _proc: proc,
+            port,
+            file: ("data.bin".to_owned(), data),
+        }
+    }
+}
+
+/// Splits an HTTP/1.0 response into its status line and body.
+pub fn http_body(response: &[u8]) -> (String, &[u8]) {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = text(&response[..end]);
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        &response[end + 4..],
+    )
+}
