@@ -16,6 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+/// The README's Rust example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExample;
+
 /// Every test runs under this limit, so that a hang fails instead of blocking the suite.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
