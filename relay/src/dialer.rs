@@ -67,7 +67,8 @@ impl DialerService for Dialer {
             from_dialer: requests,
             reply,
         };
-        let _parked = state.park_dial(ticket.clone(), dial);
+        let gone = || Status::unavailable(format!("remote {name:?} went away"));
+        let _parked = state.park_dial(ticket.clone(), dial).ok_or_else(gone)?;
         let notice = DialNotice {
             ticket: ticket.as_bytes().to_vec().into(),
             port: u32::from(port),

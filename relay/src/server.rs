@@ -107,6 +107,8 @@ impl Relay {
             .max_frame_size(transport.max_frame_size)
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_adaptive_window(Some(false))
+            .http2_keepalive_interval(Some(transport.keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
             .add_service(
                 TunnelServiceServer::new(Tunnel {
                     state: state.clone(),
@@ -138,6 +140,8 @@ impl Relay {
         tokio::select! {
             result = server => result,
             () = deadline => {
+                // Each connection's calls run in tasks of their own: end them explicitly.
+                state.cut.cancel();
                 warn!("connections still open after the grace period were cut");
                 Ok(())
             }

@@ -20,8 +20,10 @@ pub(crate) struct State {
     pub(crate) config: RelayConfig,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) auth: Arc<dyn Authorize>,
-    /// Cancelled when the relay begins to shut down.
+    /// Cancelled when the relay begins to shut down: sessions drain and end.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period ends: open connections are cut.
+    pub(crate) cut: CancellationToken,
     sessions: Mutex<HashMap<SessionId, SessionLink>>,
     dials: Mutex<HashMap<Ticket, PendingDial>>,
 }
@@ -61,6 +63,7 @@ impl State {
             registry,
             auth,
             shutdown: CancellationToken::new(),
+            cut: CancellationToken::new(),
             sessions: Mutex::default(),
             dials: Mutex::default(),
         }
@@ -76,18 +79,29 @@ impl State {
 
     /// Forgets a session, and fails the dials still waiting for it.
     pub(crate) fn remove_session(&self, id: &SessionId) {
+        // First the session, then its dials: `park_dial` checks the session while holding the
+        // dials, so no dial can be parked for a session after this.
         lock(&self.sessions).remove(id);
         // Dropping a pending dial drops its reply: the dialer hears the remote went away.
         lock(&self.dials).retain(|_, dial| &dial.session != id);
     }
 
     /// Parks a dial until its agent answers; the guard takes it back out if nobody does.
-    pub(crate) fn park_dial(self: &Arc<Self>, ticket: Ticket, dial: PendingDial) -> DialGuard {
-        lock(&self.dials).insert(ticket.clone(), dial);
-        DialGuard {
+    /// `None` if the dial's session has already ended.
+    pub(crate) fn park_dial(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        dial: PendingDial,
+    ) -> Option<DialGuard> {
+        let mut dials = lock(&self.dials);
+        if !lock(&self.sessions).contains_key(&dial.session) {
+            return None;
+        }
+        dials.insert(ticket.clone(), dial);
+        Some(DialGuard {
             state: self.clone(),
             ticket,
-        }
+        })
     }
 
     /// Takes the dial a ticket stands for, if `session` is the one it was offered to. A

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, stream};
 use sesame_proto::v1::tunnel_service_server::TunnelService;
 use sesame_proto::v1::{
     AcceptConnectionRequest, DialFailure, Drain, ExposedPort, OpenSessionRequest,
@@ -16,8 +16,9 @@ use sesame_tunnel::handshake::accept_hello;
 use sesame_tunnel::settings::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
 use sesame_tunnel::splice::{ToAgent, splice};
 use sesame_tunnel::{Error, SessionId, Ticket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -85,7 +86,14 @@ impl TunnelService for Tunnel {
         };
         state.registry.claim(record.clone()).await?;
 
-        let (control, responses) = mpsc::channel(state.config.control_queue.max(1));
+        let (control, queue) = mpsc::channel(state.config.control_queue.max(1));
+        // The session's last words (a drain notice, the reason it ended) come after the queue,
+        // so a full queue cannot lose them; whatever is still queued then is dropped.
+        let ended = CancellationToken::new();
+        let (last_words, said) = oneshot::channel::<Vec<Result<OpenSessionResponse, Status>>>();
+        let responses = ReceiverStream::new(queue)
+            .take_until(ended.clone().cancelled_owned())
+            .chain(stream::once(said).flat_map(|words| stream::iter(words.unwrap_or_default())));
         let welcome = Welcome {
             protocol_version: hello.protocol_version.min(PROTOCOL_VERSION),
             session_id: session.to_string(),
@@ -109,8 +117,16 @@ impl TunnelService for Tunnel {
         );
         let span = info_span!("session", remote = %hello.name, %session);
         span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
-        tokio::spawn(run_session(state.clone(), record, requests, control).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        let session = run_session(state.clone(), record, requests, control);
+        tokio::spawn(
+            async move {
+                let words = session.await;
+                let _ = last_words.send(words);
+                ended.cancel();
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn accept_connection(
@@ -137,7 +153,7 @@ impl TunnelService for Tunnel {
         let chunk_limit = state
             .session(&session)
             .map_or(MAX_CHUNK_BYTES, |link| link.chunk_limit);
-        let (to_dialer, to_agent) = splice(dial.from_dialer, requests, chunk_limit);
+        let (to_dialer, to_agent) = splice(dial.from_dialer, requests, chunk_limit, &state.cut);
         dial.reply.send(Ok(to_dialer)).map_err(|_| {
             Status::not_found("the dialer gave up before the connection was accepted")
         })?;
@@ -146,42 +162,45 @@ impl TunnelService for Tunnel {
 }
 
 /// Runs one session's control stream until the agent leaves or the relay shuts down, then
-/// forgets the remote.
+/// forgets the remote. Returns the session's last messages for the agent.
 async fn run_session(
     state: Arc<State>,
     record: RemoteRecord,
     mut requests: Streaming<OpenSessionRequest>,
     control: ControlSender,
-) {
+) -> Vec<Result<OpenSessionResponse, Status>> {
     let mut ports = BTreeSet::new();
-    let outcome = loop {
+    let (reason, last_words) = loop {
         let message = tokio::select! {
             _ = state.shutdown.cancelled() => {
                 let grace = prost_types::Duration::try_from(state.config.grace_period).ok();
                 let drain = response(open_session_response::Message::Drain(Drain { grace_period: grace }));
-                // An agent that does not read its control stream just misses the notice.
-                let _ = control.try_send(Ok(drain));
-                let _ = control.try_send(Err(Status::unavailable("the relay is shutting down")));
-                break "the relay is shutting down".to_owned();
+                let closing = Status::unavailable("the relay is shutting down");
+                break ("the relay is shutting down".to_owned(), vec![Ok(drain), Err(closing)]);
             }
             message = requests.message() => message,
         };
         let message = match message {
             Ok(Some(message)) => message,
-            Ok(None) => break "the agent closed the session".to_owned(),
-            Err(status) => break format!("the agent went away: {}", status.message()),
+            Ok(None) => break ("the agent closed the session".to_owned(), Vec::new()),
+            Err(status) => {
+                break (
+                    format!("the agent went away: {}", status.message()),
+                    Vec::new(),
+                );
+            }
         };
         if let Err(error) = handle(&state, &record, &mut ports, message, &control).await {
             warn!(%error, "ending the session");
-            let _ = control.try_send(Err(error.to_status()));
-            break error.to_string();
+            break (error.to_string(), vec![Err(error.to_status())]);
         }
     };
-    info!(reason = %outcome, "remote disconnected");
+    info!(%reason, "remote disconnected");
     state.remove_session(&record.session);
     if let Err(error) = state.registry.release(&record.name, &record.session).await {
         warn!(%error, "could not release the remote's name");
     }
+    last_words
 }
 
 /// Acts on one control message from an agent.
@@ -208,10 +227,12 @@ async fn handle(
                 }),
             };
             let confirmation = response(open_session_response::Message::PortExposed(confirmation));
-            tokio::select! {
-                sent = control.send(Ok(confirmation)) => sent.map_err(|_| Error::protocol("the control stream closed"))?,
-                _ = state.shutdown.cancelled() => {}
-            }
+            // Never wait on the agent here: this loop also serves its dial failures.
+            control.try_send(Ok(confirmation)).map_err(|_| {
+                Error::Status(Status::resource_exhausted(
+                    "the agent does not read its control stream",
+                ))
+            })?;
         }
         Some(Message::UnexposePort(unexpose)) => {
             let port = valid_port(unexpose.port)?;

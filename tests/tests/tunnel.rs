@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use sesame_tests::*;
+use std::time::Duration;
+
+use sesame_relay::RelayConfig;
 use sesame_tunnel::{Error, Event, Target, TransportSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Barrier;
@@ -456,6 +459,92 @@ async fn the_relay_shutdown_drains_agents_and_ends_their_sessions() {
         ));
         let reason = session.closed().await.to_string();
         assert!(reason.contains("shutting down"), "{reason}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_target_reset_reaches_the_dialer_as_an_error_not_an_end() {
+    within(async {
+        let relay = TestRelay::start().await;
+        // The target reads a greeting, then resets the connection.
+        let target = serve_tcp(|mut stream| async move {
+            let mut greeting = [0; 5];
+            stream.read_exact(&mut greeting).await?;
+            #[allow(deprecated)]
+            stream.set_linger(Some(Duration::ZERO))?;
+            Ok(())
+        })
+        .await;
+        let session = relay.session("resets").await;
+        let _forward = session
+            .forward(9, Target::new("127.0.0.1", target.port()))
+            .await
+            .unwrap();
+        let mut conn = relay.dialer().await.dial(&name("resets"), 9).await.unwrap();
+        conn.write_all(b"hello").await.unwrap();
+        let err = conn.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the remote reset the connection: 127.0.0.1:"),
+            "{message}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_full_listener_backlog_refuses_and_a_dropped_listener_resets_it() {
+    within(async {
+        let relay = TestRelay::start().await;
+        let session = relay.session("backlog").await;
+        let listener = session.listen(7).await.unwrap();
+        let dialer = relay.dialer().await;
+        // Nobody takes connections from the listener: its backlog of 128 fills up.
+        let mut queued = Vec::new();
+        for _ in 0..128 {
+            queued.push(dialer.dial(&name("backlog"), 7).await.unwrap());
+        }
+        let err = dialer.dial(&name("backlog"), 7).await.unwrap_err();
+        assert_eq!(err.code(), sesame_tunnel::tonic::Code::Unavailable);
+        assert_eq!(
+            err.to_string(),
+            "port 7's listener is not taking connections"
+        );
+
+        // Dropping the listener refuses what it never took.
+        drop(listener);
+        let err = queued[0].read(&mut [0; 1]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the remote reset the connection: the listener closed"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_relay_cuts_connections_still_open_after_its_grace_period() {
+    within(async {
+        let mut config = RelayConfig::default();
+        config.grace_period = Duration::from_millis(200);
+        let relay = TestRelay::start_with(config).await;
+        let session = relay.session("lingering").await;
+        echo_listener(&session, 1).await;
+        let mut conn = relay
+            .dialer()
+            .await
+            .dial(&name("lingering"), 1)
+            .await
+            .unwrap();
+        conn.write_all(b"x").await.unwrap();
+        conn.read_exact(&mut [0; 1]).await.unwrap();
+
+        relay.stop().await;
+        let err = conn.read(&mut [0; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        assert_eq!(err.to_string(), "the relay shut down");
     })
     .await
 }

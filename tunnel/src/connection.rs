@@ -7,10 +7,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::task::noop_waker_ref;
 use futures_util::{Stream, StreamExt, stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
-use tonic::{Response, Status, Streaming};
+use tonic::{Code, Response, Status, Streaming};
 
 use crate::agent::ConnectionMeter;
 use crate::frame::{ClientMessage, Inbound, InboundStream, ServerMessage};
@@ -55,9 +56,9 @@ impl ConnectionInfo {
 ///   has read everything written before.
 /// - Writes wait while the connection's write buffer is full, and the buffer drains only as
 ///   fast as the other side reads, so a slow reader slows its writer and nothing else.
-/// - Dropping a connection closes it. As with TCP, that is graceful if the other side had
-///   already closed its direction (everything written still arrives), and a reset otherwise
-///   (the other side sees an error).
+/// - Dropping a connection closes it the way TCP's `close` does: everything written is
+///   delivered, unless data the application never read is pending (then the connection is
+///   reset, as TCP sends RST). [`reset`](Connection::reset) aborts it on purpose.
 pub struct Connection {
     inbound: InboundStream,
     unread: Bytes,
@@ -65,6 +66,8 @@ pub struct Connection {
     writer: PipeWriter,
     info: ConnectionInfo,
     meter: Option<ConnectionMeter>,
+    /// Whether this side has sent a reset.
+    reset_sent: bool,
 }
 
 enum ReadState {
@@ -88,6 +91,7 @@ impl Connection {
             writer,
             info,
             meter,
+            reset_sent: false,
         }
     }
 
@@ -96,12 +100,52 @@ impl Connection {
         &self.info
     }
 
-    /// Notes why the connection failed outside its own reads, for the session's events.
-    pub(crate) fn record_error(&mut self, error: &io::Error) {
+    /// Aborts the connection: what is still buffered is discarded, and the other side's
+    /// reads and writes fail with an error naming `reason` instead of seeing an end of data.
+    /// Use it when the other end of a forwarded connection failed.
+    pub fn reset(mut self, reason: impl Into<String>) {
+        let reason = reason.into();
         if let Some(meter) = &mut self.meter {
-            meter.failed(error);
+            meter.failed(&reason);
+        }
+        self.writer.abort(reason);
+        self.reset_sent = true;
+    }
+
+    /// Whether data has arrived that nobody read: a chunk in hand, or one ready to take.
+    /// Also notices, without waiting, that the call has ended.
+    fn has_unread_data(&mut self) -> bool {
+        if !self.unread.is_empty() {
+            return true;
+        }
+        if !matches!(self.read_state, ReadState::Open) {
+            return false;
+        }
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match self.inbound.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(Inbound::Data(chunk)))) => !chunk.is_empty(),
+            Poll::Ready(Some(Ok(Inbound::CloseWrite))) => {
+                self.read_state = ReadState::Eof;
+                false
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                self.read_state = ReadState::Failed(io::ErrorKind::NotConnected, String::new());
+                false
+            }
+            Poll::Pending => false,
         }
     }
+}
+
+/// The error a read reports when the call of an open connection fails.
+fn broken(status: Status) -> io::Error {
+    let kind = match status.code() {
+        Code::DeadlineExceeded => io::ErrorKind::TimedOut,
+        // The relay or a session went away, rather than the other end resetting.
+        Code::Unavailable => io::ErrorKind::ConnectionAborted,
+        _ => io::ErrorKind::ConnectionReset,
+    };
+    io::Error::new(kind, Error::from_status(status))
 }
 
 /// Creates the outbound half of a client's data stream: the opening message, then a data
@@ -114,7 +158,7 @@ pub(crate) fn outbound<M: ClientMessage>(
 ) -> (PipeWriter, impl Stream<Item = M> + Send + 'static) {
     let chunk = settings.chunk_bytes.min(peer_chunk_limit).max(1);
     let (writer, reader): (PipeWriter, PipeReader) = pipe(settings.write_buffer.max(chunk), chunk);
-    let requests = stream::once(async move { opening }).chain(reader.map(M::data));
+    let requests = stream::once(async move { opening }).chain(reader.map(M::from_outbound));
     (writer, requests)
 }
 
@@ -170,7 +214,7 @@ impl AsyncRead for Connection {
                 // Trailers without `close_write` end the direction just the same.
                 Some(Ok(Inbound::CloseWrite)) | None => this.read_state = ReadState::Eof,
                 Some(Err(status)) => {
-                    let error = io::Error::from(Error::from_status(status));
+                    let error = broken(status);
                     if let Some(meter) = &mut this.meter {
                         meter.failed(&error);
                     }
@@ -212,19 +256,30 @@ impl AsyncWrite for Connection {
 const LINGER: Duration = Duration::from_secs(60);
 
 impl Drop for Connection {
-    /// Closes the connection the way TCP's `close` does. This side's write direction ends
-    /// after everything written so far. If data the application never read is pending, the
-    /// call is reset at once (TCP sends RST). Otherwise the call stays open in the background
-    /// until the server ends it, which it does once the other side has closed its direction
-    /// too; should the other side send more data meanwhile, or not finish within a minute,
-    /// the call is reset. Dropping the inbound stream before the call ends would reset the
-    /// stream at once, and a reset discards whatever this side wrote that is still in flight.
+    /// Closes the connection the way TCP's `close` does. If data the application never read
+    /// is pending, the connection is reset (TCP sends RST). Otherwise this side's direction
+    /// ends after everything written so far.
+    ///
+    /// Either way the call stays open in the background until the server ends it: dropping
+    /// its streams earlier would reset the HTTP/2 stream, and such a reset discards whatever
+    /// this side sent that is still in flight, a reset's reason included. After a graceful
+    /// close, the server ends the call once the other side has closed its direction too;
+    /// should the other side send more data meanwhile, or not finish within a minute, the
+    /// call is reset.
     fn drop(&mut self) {
-        let peer_closed = match self.read_state {
-            ReadState::Failed(..) => return,
-            ReadState::Open if !self.unread.is_empty() => return,
-            ReadState::Open => false,
-            ReadState::Eof => true,
+        if !self.reset_sent && self.has_unread_data() {
+            self.writer
+                .abort("the other side closed the connection with data unread".to_owned());
+            self.reset_sent = true;
+        }
+        let linger = if self.reset_sent {
+            Linger::UntilEnd
+        } else {
+            match self.read_state {
+                ReadState::Failed(..) => return,
+                ReadState::Open => Linger::Graceful { peer_closed: false },
+                ReadState::Eof => Linger::Graceful { peer_closed: true },
+            }
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -233,7 +288,10 @@ impl Drop for Connection {
         std::mem::swap(&mut inbound, &mut self.inbound);
         runtime.spawn(async move {
             let finished = async {
-                let mut peer_closed = peer_closed;
+                let mut peer_closed = match linger {
+                    Linger::UntilEnd => true,
+                    Linger::Graceful { peer_closed } => peer_closed,
+                };
                 while let Some(Ok(frame)) = inbound.next().await {
                     match frame {
                         Inbound::CloseWrite => peer_closed = true,
@@ -246,6 +304,15 @@ impl Drop for Connection {
             let _ = tokio::time::timeout(LINGER, finished).await;
         });
     }
+}
+
+/// How a dropped connection waits for its call to end.
+enum Linger {
+    /// After a reset: until the server ends the call, whatever arrives.
+    UntilEnd,
+    /// After a graceful close: until the server ends the call, unless data arrives before
+    /// the other side has closed its direction.
+    Graceful { peer_closed: bool },
 }
 
 impl tonic::transport::server::Connected for Connection {
@@ -267,6 +334,7 @@ impl std::fmt::Debug for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Outbound;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn info() -> ConnectionInfo {
@@ -324,9 +392,45 @@ mod tests {
         let (mut conn, reader) = connection(vec![]);
         conn.write_all(b"0123456789").await.unwrap();
         conn.shutdown().await.unwrap();
-        let sent: Vec<u8> = reader.map(|b| b.to_vec()).concat().await;
+        let sent: Vec<u8> = reader
+            .map(|item| match item {
+                Outbound::Data(chunk) => chunk.to_vec(),
+                Outbound::Reset(reason) => panic!("unexpected reset: {reason}"),
+            })
+            .concat()
+            .await;
         assert_eq!(sent, b"0123456789");
         assert!(conn.write_all(b"late").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn reset_discards_what_is_buffered_and_sends_the_reason() {
+        let (mut conn, reader) = connection(vec![]);
+        conn.write_all(b"unsent").await.unwrap();
+        conn.reset("target: connection reset");
+        let sent: Vec<Outbound> = reader.collect().await;
+        assert_eq!(sent, [Outbound::Reset("target: connection reset".into())]);
+    }
+
+    #[tokio::test]
+    async fn dropping_with_unread_data_resets() {
+        let (conn, reader) = connection(vec![Ok(Inbound::Data(Bytes::from_static(b"unread")))]);
+        drop(conn);
+        let sent: Vec<Outbound> = reader.collect().await;
+        assert!(
+            matches!(&sent[..], [Outbound::Reset(reason)] if reason.contains("unread")),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_after_reading_everything_closes_gracefully() {
+        let (mut conn, reader) = connection(vec![Ok(Inbound::CloseWrite)]);
+        conn.write_all(b"reply").await.unwrap();
+        assert_eq!(conn.read(&mut [0; 8]).await.unwrap(), 0);
+        drop(conn);
+        let sent: Vec<Outbound> = reader.collect().await;
+        assert_eq!(sent, [Outbound::Data(Bytes::from_static(b"reply"))]);
     }
 
     #[tokio::test]

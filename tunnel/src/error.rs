@@ -211,6 +211,26 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The `google.rpc.Status` this error travels as inside a message (a dial failure).
+    pub fn to_rpc_status(&self) -> sesame_proto::RpcStatus {
+        let status = self.to_status();
+        // A status's details, when present, are an encoded `google.rpc.Status` whose own
+        // details hold the reason.
+        let details = match status.details() {
+            [] => Vec::new(),
+            encoded => <sesame_proto::RpcStatus as prost::Message>::decode(encoded)
+                .map(|decoded| decoded.details)
+                .unwrap_or_default(),
+        };
+        sesame_proto::RpcStatus {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
@@ -321,6 +341,19 @@ mod tests {
             round_trip(Error::NameInUse { name: "x".into() }),
             Error::NameInUse { name } if name == "x"
         ));
+    }
+
+    #[test]
+    fn rpc_statuses_keep_code_message_and_reason() {
+        let plain = Error::Status(Status::unavailable("busy")).to_rpc_status();
+        assert_eq!(
+            (plain.code, plain.message.as_str()),
+            (Code::Unavailable as i32, "busy")
+        );
+        assert!(plain.details.is_empty());
+        let refused = Error::TargetRefused { reason: "x".into() }.to_rpc_status();
+        assert_eq!(refused.code, Code::Unavailable as i32);
+        assert_eq!(refused.details.len(), 1, "the ErrorInfo");
     }
 
     #[test]

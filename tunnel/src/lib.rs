@@ -11,7 +11,8 @@
 //! - [`agent`]: the agent API. [`Session`] registers a remote; [`Listener`] yields the
 //!   connections dialed to a port; [`Session::forward`] sends them to a local [`Target`].
 //! - [`dialer`]: [`Dialer::dial`] opens a connection to a port of a remote.
-//! - [`Connection`]: what both ends see, `AsyncRead + AsyncWrite` with half-close.
+//! - [`Connection`]: what both ends see, `AsyncRead + AsyncWrite` with half-close;
+//!   [`join_tcp`] carries one between a TCP stream and the tunnel.
 //! - [`splice`]: how the relay joins a dialer's stream to an agent's.
 //! - [`handshake`]: the session handshake as pure functions.
 //! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
@@ -29,6 +30,7 @@ mod name;
 mod pipe;
 pub mod settings;
 pub mod splice;
+mod tcp;
 mod ticket;
 mod transport;
 
@@ -38,6 +40,7 @@ pub use dialer::Dialer;
 pub use error::{ERROR_DOMAIN, Error, code_name, format_duration};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
+pub use tcp::join_tcp;
 pub use ticket::{SessionId, Ticket};
 pub use transport::{DEFAULT_PORT, DEFAULT_RELAY, RelayUrl};
 

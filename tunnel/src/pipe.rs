@@ -5,15 +5,18 @@
 //! the transport is busy, and a lone small write still goes out at once: no delay, no
 //! byte-by-byte messages. The buffer's limit is the backpressure: a full pipe makes
 //! `poll_write` wait until the transport takes data, which it does only when HTTP/2 flow
-//! control lets it send.
+//! control lets it send. Aborting the pipe discards what is buffered and ends the stream
+//! with a reset instead.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::Stream;
+
+use crate::frame::Outbound;
 
 /// Creates a pipe that holds at most `limit` bytes and hands them out in chunks of at most
 /// `chunk` bytes.
@@ -23,6 +26,7 @@ pub(crate) fn pipe(limit: usize, chunk: usize) -> (PipeWriter, PipeReader) {
         state: Mutex::new(State {
             buf: BytesMut::new(),
             writer_closed: false,
+            reset: None,
             reader_closed: false,
             reader_waker: None,
             writer_waker: None,
@@ -47,6 +51,8 @@ struct Shared {
 struct State {
     buf: BytesMut,
     writer_closed: bool,
+    /// An abort's reason, until the reader has taken it.
+    reset: Option<String>,
     reader_closed: bool,
     reader_waker: Option<Waker>,
     writer_waker: Option<Waker>,
@@ -110,6 +116,20 @@ impl PipeWriter {
             waker.wake();
         }
     }
+
+    /// Discards what is buffered and ends the stream with a reset, unless it already ended.
+    pub(crate) fn abort(&mut self, reason: String) {
+        let mut state = self.shared.lock();
+        if state.writer_closed && state.buf.is_empty() {
+            return;
+        }
+        state.buf.clear();
+        state.reset = Some(reason);
+        state.writer_closed = true;
+        if let Some(waker) = state.reader_waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 impl Drop for PipeWriter {
@@ -118,23 +138,27 @@ impl Drop for PipeWriter {
     }
 }
 
-/// The reading end: a stream of chunks that ends after the writer closes.
+/// The reading end: a stream of chunks that ends after the writer closes, or with a reset
+/// after it aborts.
 pub(crate) struct PipeReader {
     shared: Arc<Shared>,
 }
 
 impl Stream for PipeReader {
-    type Item = Bytes;
+    type Item = Outbound;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
         let mut state = self.shared.lock();
+        if let Some(reason) = state.reset.take() {
+            return Poll::Ready(Some(Outbound::Reset(reason)));
+        }
         if !state.buf.is_empty() {
             let n = state.buf.len().min(self.shared.chunk);
             let chunk = state.buf.split_to(n).freeze();
             if let Some(waker) = state.writer_waker.take() {
                 waker.wake();
             }
-            return Poll::Ready(Some(chunk));
+            return Poll::Ready(Some(Outbound::Data(chunk)));
         }
         if state.writer_closed {
             return Poll::Ready(None);
@@ -158,6 +182,7 @@ impl Drop for PipeReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures_util::StreamExt;
     use futures_util::task::noop_waker_ref;
     use std::future::poll_fn;
@@ -176,7 +201,9 @@ mod tests {
             ));
         }
         match Pin::new(&mut r).poll_next(&mut cx()) {
-            Poll::Ready(Some(chunk)) => assert_eq!(chunk, "abc".repeat(10).as_bytes()),
+            Poll::Ready(Some(Outbound::Data(chunk))) => {
+                assert_eq!(chunk, "abc".repeat(10).as_bytes())
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert!(Pin::new(&mut r).poll_next(&mut cx()).is_pending());
@@ -192,7 +219,7 @@ mod tests {
         assert!(w.poll_write(&mut cx(), &[7; 1]).is_pending());
         let sizes: Vec<usize> = (0..3)
             .map(|_| match Pin::new(&mut r).poll_next(&mut cx()) {
-                Poll::Ready(Some(chunk)) => chunk.len(),
+                Poll::Ready(Some(Outbound::Data(chunk))) => chunk.len(),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -208,8 +235,8 @@ mod tests {
         let (mut w, r) = pipe(64, 64);
         poll_fn(|cx| w.poll_write(cx, b"last words")).await.unwrap();
         w.close();
-        let chunks: Vec<Bytes> = r.collect().await;
-        assert_eq!(chunks, [Bytes::from_static(b"last words")]);
+        let chunks: Vec<Outbound> = r.collect().await;
+        assert_eq!(chunks, [Outbound::Data(Bytes::from_static(b"last words"))]);
         assert_eq!(
             w.poll_write(&mut cx(), b"x").map_err(|e| e.kind()),
             Poll::Ready(Err(io::ErrorKind::BrokenPipe))
@@ -240,10 +267,32 @@ mod tests {
         });
         let mut received = 0;
         while received < 64 {
-            let chunk = r.next().await.unwrap();
+            let Some(Outbound::Data(chunk)) = r.next().await else {
+                panic!("expected data")
+            };
             assert!(chunk.len() <= 8);
             received += chunk.len();
         }
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn abort_discards_the_buffer_and_ends_with_a_reset() {
+        let (mut w, r) = pipe(64, 64);
+        poll_fn(|cx| w.poll_write(cx, b"never delivered"))
+            .await
+            .unwrap();
+        w.abort("target reset".into());
+        w.abort("a second abort changes nothing".into());
+        let items: Vec<Outbound> = r.collect().await;
+        assert_eq!(items, [Outbound::Reset("target reset".into())]);
+    }
+
+    #[tokio::test]
+    async fn abort_after_a_clean_end_changes_nothing() {
+        let (mut w, r) = pipe(64, 64);
+        w.close();
+        w.abort("too late".into());
+        assert_eq!(r.collect::<Vec<_>>().await, []);
     }
 }

@@ -45,6 +45,11 @@ pub struct TransportSettings {
     pub connect_timeout: Duration,
     /// How long to wait for the relay to answer a session's hello.
     pub handshake_timeout: Duration,
+    /// How often to ping the other side of an HTTP/2 connection, even when idle, so that a
+    /// peer that vanished (a lost link, a sleeping laptop) is noticed and its session ends.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for TransportSettings {
@@ -57,6 +62,8 @@ impl Default for TransportSettings {
             write_buffer: 128 << 10,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

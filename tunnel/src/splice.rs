@@ -9,7 +9,8 @@
 //!
 //! The two directions share a [`Joint`] that carries what one must tell the other: that it
 //! has finished (a call ends with OK only once both directions have), or that it failed (then
-//! both calls end with an error, each worded for its own peer).
+//! both calls end with an error, each worded for its own peer). A cancellation token lets the
+//! relay cut every spliced connection at once when its shutdown grace period ends.
 
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -22,10 +23,14 @@ use sesame_proto::v1::{
     AcceptConnectionRequest, AcceptConnectionResponse, DialOpened, DialRequest, DialResponse,
     dial_response,
 };
-use tonic::Status;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::{Code, Status};
 
-use crate::frame::{ClientMessage, ServerMessage};
+use crate::frame::{ClientMessage, Outbound, ServerMessage};
 use crate::settings::MAX_CHUNK_BYTES;
+
+/// The longest reset reason passed on from one peer to the other.
+const MAX_RESET_REASON: usize = 256;
 
 /// What the relay sends the dialer: `opened`, then the agent's bytes.
 pub type ToDialer = Pin<Box<dyn Stream<Item = Result<DialResponse, Status>> + Send>>;
@@ -37,8 +42,13 @@ pub type ToAgent = Pin<Box<dyn Stream<Item = Result<AcceptConnectionResponse, St
 ///
 /// `from_dialer` and `from_agent` are the request streams after their opening messages;
 /// `agent_chunk_limit` is the largest data payload the agent accepts (chunks from the dialer
-/// are split, without copying, to fit).
-pub fn splice<D, A>(from_dialer: D, from_agent: A, agent_chunk_limit: usize) -> (ToDialer, ToAgent)
+/// are split, without copying, to fit). Cancelling `cut` ends both calls with `UNAVAILABLE`.
+pub fn splice<D, A>(
+    from_dialer: D,
+    from_agent: A,
+    agent_chunk_limit: usize,
+    cut: &CancellationToken,
+) -> (ToDialer, ToAgent)
 where
     D: Stream<Item = Result<DialRequest, Status>> + Send + Unpin + 'static,
     A: Stream<Item = Result<AcceptConnectionRequest, Status>> + Send + Unpin + 'static,
@@ -52,12 +62,14 @@ where
         Direction::TO_DIALER,
         MAX_CHUNK_BYTES,
         joint.clone(),
+        cut,
     );
     let to_agent = Half::<_, AcceptConnectionResponse>::new(
         from_dialer,
         Direction::TO_AGENT,
         agent_chunk_limit,
         joint,
+        cut,
     );
     (
         Box::pin(stream::once(async { Ok(opened) }).chain(to_dialer)),
@@ -147,11 +159,18 @@ struct Half<S, Out> {
     pending: Bytes,
     stage: Stage,
     joint: Arc<Joint>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
     _out: PhantomData<fn() -> Out>,
 }
 
 impl<S, Out> Half<S, Out> {
-    fn new(source: S, direction: Direction, chunk_limit: usize, joint: Arc<Joint>) -> Self {
+    fn new(
+        source: S,
+        direction: Direction,
+        chunk_limit: usize,
+        joint: Arc<Joint>,
+        cut: &CancellationToken,
+    ) -> Self {
         Half {
             source,
             direction,
@@ -159,7 +178,16 @@ impl<S, Out> Half<S, Out> {
             pending: Bytes::new(),
             stage: Stage::Forwarding,
             joint,
+            cut: Box::pin(cut.clone().cancelled_owned()),
             _out: PhantomData,
+        }
+    }
+
+    /// Fails the connection if the relay cut it.
+    fn check_cut(&mut self, cx: &mut Context<'_>) {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            let cut = Status::unavailable("the relay shut down");
+            self.joint.abort([cut.clone(), cut]);
         }
     }
 
@@ -185,6 +213,9 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         let me = this.direction.index;
+        if !matches!(this.stage, Stage::Done) {
+            this.check_cut(cx);
+        }
         loop {
             match this.stage {
                 Stage::Forwarding => {
@@ -202,21 +233,38 @@ where
                         let n = this.pending.len().min(this.chunk_limit);
                         return Poll::Ready(Some(Ok(Out::data(this.pending.split_to(n)))));
                     }
+                    let source = this.direction.source;
                     match ready!(this.source.poll_next_unpin(cx)) {
-                        Some(Ok(message)) => match message.into_data() {
-                            Ok(chunk) => this.pending = chunk,
+                        Some(Ok(message)) => match message.into_outbound() {
+                            Ok(Outbound::Data(chunk)) => this.pending = chunk,
+                            Ok(Outbound::Reset(reason)) => {
+                                let reason: String =
+                                    reason.chars().take(MAX_RESET_REASON).collect();
+                                let to_sink = match reason.as_str() {
+                                    "" => format!("the {source} reset the connection"),
+                                    reason => {
+                                        format!("the {source} reset the connection: {reason}")
+                                    }
+                                };
+                                let to_source = Status::aborted("connection reset");
+                                return Poll::Ready(Some(Err(
+                                    this.fail(Status::aborted(to_sink), to_source)
+                                )));
+                            }
                             Err(violation) => {
-                                let source = this.direction.source;
                                 let to_sink =
                                     Status::aborted(format!("the {source} broke the protocol"));
                                 return Poll::Ready(Some(Err(this.fail(to_sink, violation))));
                             }
                         },
                         Some(Err(status)) => {
-                            let source = this.direction.source;
-                            let to_sink =
-                                Status::aborted(format!("the {source} reset the connection"));
-                            return Poll::Ready(Some(Err(this.fail(to_sink, status))));
+                            let to_sink = match status.code() {
+                                Code::Cancelled => format!("the {source} reset the connection"),
+                                _ => format!("the {source}'s stream failed: {}", status.message()),
+                            };
+                            return Poll::Ready(Some(Err(
+                                this.fail(Status::aborted(to_sink), status)
+                            )));
                         }
                         None => this.stage = Stage::Closing,
                     }
@@ -283,6 +331,14 @@ mod tests {
         s.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
     }
 
+    fn data_request(chunk: Bytes) -> DialRequest {
+        DialRequest::from_outbound(Outbound::Data(chunk))
+    }
+
+    fn data_accept(chunk: Bytes) -> AcceptConnectionRequest {
+        AcceptConnectionRequest::from_outbound(Outbound::Data(chunk))
+    }
+
     fn data_to_agent(item: Poll<Option<Result<AcceptConnectionResponse, Status>>>) -> Bytes {
         match item {
             Poll::Ready(Some(Ok(AcceptConnectionResponse {
@@ -296,7 +352,12 @@ mod tests {
     fn bytes_flow_both_ways_and_calls_end_after_both_half_closes() {
         let (dialer, from_dialer) = source::<DialRequest>();
         let (agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let (mut to_dialer, mut to_agent) = splice(
+            from_dialer,
+            from_agent,
+            MAX_CHUNK_BYTES,
+            &CancellationToken::new(),
+        );
 
         assert!(matches!(
             poll(&mut to_dialer),
@@ -305,7 +366,7 @@ mod tests {
             })))
         ));
         dialer
-            .send(Ok(DialRequest::data(Bytes::from_static(b"ping"))))
+            .send(Ok(data_request(Bytes::from_static(b"ping"))))
             .unwrap();
         assert_eq!(data_to_agent(poll(&mut to_agent)), "ping");
 
@@ -321,9 +382,7 @@ mod tests {
         );
 
         agent
-            .send(Ok(AcceptConnectionRequest::data(Bytes::from_static(
-                b"pong",
-            ))))
+            .send(Ok(data_accept(Bytes::from_static(b"pong"))))
             .unwrap();
         assert!(matches!(
             poll(&mut to_dialer),
@@ -345,9 +404,10 @@ mod tests {
     fn chunks_are_split_to_the_agents_limit_without_copying() {
         let (dialer, from_dialer) = source::<DialRequest>();
         let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (_to_dialer, mut to_agent) = splice(from_dialer, from_agent, 4);
+        let (_to_dialer, mut to_agent) =
+            splice(from_dialer, from_agent, 4, &CancellationToken::new());
         let chunk = Bytes::from_static(b"0123456789");
-        dialer.send(Ok(DialRequest::data(chunk.clone()))).unwrap();
+        dialer.send(Ok(data_request(chunk.clone()))).unwrap();
         let pieces: Vec<Bytes> = (0..3).map(|_| data_to_agent(poll(&mut to_agent))).collect();
         assert_eq!(pieces, ["0123", "4567", "89"]);
         assert_eq!(
@@ -361,11 +421,17 @@ mod tests {
     fn a_reset_by_one_peer_fails_both_calls() {
         let (dialer, from_dialer) = source::<DialRequest>();
         let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let (mut to_dialer, mut to_agent) = splice(
+            from_dialer,
+            from_agent,
+            MAX_CHUNK_BYTES,
+            &CancellationToken::new(),
+        );
         let _opened = poll(&mut to_dialer);
         assert!(poll(&mut to_dialer).is_pending());
 
         dialer.send(Err(Status::cancelled("gone"))).unwrap();
+        // A cancelled stream is the dialer resetting it.
         match poll(&mut to_agent) {
             Poll::Ready(Some(Err(status))) => {
                 assert_eq!(status.code(), tonic::Code::Aborted);
@@ -381,7 +447,12 @@ mod tests {
     fn a_protocol_violation_is_reported_to_the_offender() {
         let (dialer, from_dialer) = source::<DialRequest>();
         let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let (mut to_dialer, mut to_agent) = splice(
+            from_dialer,
+            from_agent,
+            MAX_CHUNK_BYTES,
+            &CancellationToken::new(),
+        );
         let _opened = poll(&mut to_dialer);
         dialer.send(Ok(DialRequest { message: None })).unwrap();
         match poll(&mut to_agent) {
@@ -392,7 +463,11 @@ mod tests {
         }
         match poll(&mut to_dialer) {
             Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.code(), tonic::Code::InvalidArgument)
+                assert_eq!(status.code(), Code::FailedPrecondition);
+                assert!(
+                    status.message().contains("unexpected empty message"),
+                    "{status:?}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -402,7 +477,12 @@ mod tests {
     fn a_dropped_call_fails_the_other_even_after_its_half_close() {
         let (dialer, from_dialer) = source::<DialRequest>();
         let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES);
+        let (to_dialer, mut to_agent) = splice(
+            from_dialer,
+            from_agent,
+            MAX_CHUNK_BYTES,
+            &CancellationToken::new(),
+        );
         drop(dialer);
         assert!(
             matches!(poll(&mut to_agent), Poll::Ready(Some(Ok(_)))),
@@ -416,5 +496,54 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_reset_is_passed_on_with_its_reason() {
+        let (_dialer, from_dialer) = source::<DialRequest>();
+        let (agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (mut to_dialer, mut to_agent) = splice(
+            from_dialer,
+            from_agent,
+            MAX_CHUNK_BYTES,
+            &CancellationToken::new(),
+        );
+        let _opened = poll(&mut to_dialer);
+        let reset = Outbound::Reset("localhost:80: connection reset".into());
+        agent
+            .send(Ok(AcceptConnectionRequest::from_outbound(reset)))
+            .unwrap();
+        match poll(&mut to_dialer) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), Code::Aborted);
+                assert_eq!(
+                    status.message(),
+                    "the remote reset the connection: localhost:80: connection reset"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(poll(&mut to_agent), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn the_relay_can_cut_every_connection() {
+        let cut = CancellationToken::new();
+        let (_dialer, from_dialer) = source::<DialRequest>();
+        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
+        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES, &cut);
+        let _opened = poll(&mut to_dialer);
+        assert!(poll(&mut to_dialer).is_pending());
+        cut.cancel();
+        match poll(&mut to_dialer) {
+            Poll::Ready(Some(Err(status))) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                assert_eq!(status.message(), "the relay shut down");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            matches!(poll(&mut to_agent), Poll::Ready(Some(Err(s))) if s.code() == Code::Unavailable)
+        );
     }
 }

@@ -35,6 +35,9 @@ impl RelayUrl {
             .initial_connection_window_size(settings.connection_window)
             .max_frame_size(settings.max_frame_size)
             .http2_adaptive_window(false)
+            .http2_keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout)
+            .keep_alive_while_idle(true)
     }
 
     /// Opens the HTTP/2 connection to the relay, failing at once when it cannot be reached.

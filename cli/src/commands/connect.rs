@@ -6,15 +6,12 @@ use anyhow::Context;
 use sesame_proto::v1::GetRemoteRequest;
 use sesame_proto::v1::remote_service_client::RemoteServiceClient;
 use sesame_tunnel::tonic::transport::Channel;
-use sesame_tunnel::{Connection, Dialer, Error, RelayUrl, RemoteName, TransportSettings};
-use tokio::io::{AsyncWriteExt, copy_bidirectional_with_sizes};
+use sesame_tunnel::{Connection, Dialer, Error, RelayUrl, RemoteName, TransportSettings, join_tcp};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::args::ConnectArgs;
-
-/// Each direction's copy buffer.
-const COPY_BUFFER: usize = 64 << 10;
 
 pub async fn run(relay: RelayUrl, args: ConnectArgs) -> anyhow::Result<()> {
     let settings = TransportSettings::default();
@@ -74,13 +71,13 @@ async fn serve(
     port: u16,
 ) -> anyhow::Result<()> {
     loop {
-        let (mut local, peer) = listener
+        let (local, peer) = listener
             .accept()
             .await
             .context("cannot accept connections")?;
         let (dialer, name) = (dialer.clone(), name.clone());
         tokio::spawn(async move {
-            if let Err(error) = forward(&mut local, &dialer, &name, port).await {
+            if let Err(error) = forward(local, peer, &dialer, &name, port).await {
                 warn!("connection from {peer}: {error}");
             }
         });
@@ -88,15 +85,14 @@ async fn serve(
 }
 
 async fn forward(
-    local: &mut TcpStream,
+    local: TcpStream,
+    peer: SocketAddr,
     dialer: &Dialer,
     name: &RemoteName,
     port: u16,
 ) -> anyhow::Result<()> {
-    let _ = local.set_nodelay(true);
-    let mut remote = dialer.dial(name, port).await?;
-    let (sent, received) =
-        copy_bidirectional_with_sizes(local, &mut remote, COPY_BUFFER, COPY_BUFFER).await?;
+    let remote = dialer.dial(name, port).await?;
+    let (sent, received) = join_tcp(local, remote, &format!("local client {peer}")).await?;
     debug!(sent, received, "connection closed");
     Ok(())
 }

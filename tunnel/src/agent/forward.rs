@@ -4,17 +4,11 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::session::{Session, Shared};
-use crate::format_duration;
-use crate::{Error, Ticket};
-
-/// The size of each direction's copy buffer: large reads mean few system calls and full
-/// chunks on the wire.
-const COPY_BUFFER: usize = 64 << 10;
+use crate::{Error, Ticket, format_duration, join_tcp};
 
 /// A TCP address an agent forwards a port's connections to. The agent connects to nothing
 /// else: it is never an open proxy.
@@ -109,7 +103,7 @@ pub(super) async fn serve(
 ) {
     let limit = shared.target_timeout();
     let connect = TcpStream::connect((target.host.as_str(), target.port));
-    let mut tcp = match tokio::time::timeout(limit, connect).await {
+    let tcp = match tokio::time::timeout(limit, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
             let reason = format!("{target}: {}", io_reason(&error));
@@ -120,20 +114,15 @@ pub(super) async fn serve(
             return shared.refuse(ticket, port, peer, Error::TargetRefused { reason });
         }
     };
-    // Latency matters more than packet count: small writes (a prompt, a keystroke) go at once.
-    let _ = tcp.set_nodelay(true);
-    let mut conn = shared.accept(ticket, port, peer);
-    if let Err(error) =
-        copy_bidirectional_with_sizes(&mut tcp, &mut conn, COPY_BUFFER, COPY_BUFFER).await
-    {
+    let conn = shared.accept(ticket, port, peer);
+    if let Err(error) = join_tcp(tcp, conn, &target.to_string()).await {
         debug!(port, %target, %error, "forwarded connection failed");
-        conn.record_error(&error);
     }
 }
 
 /// An I/O error as a short lowercase phrase: `connection refused`, not
 /// `Connection refused (os error 111)`.
-pub(crate) fn io_reason(error: &io::Error) -> String {
+pub fn io_reason(error: &io::Error) -> String {
     let text = error.to_string();
     let text = match text.find(" (os error") {
         Some(end) => &text[..end],

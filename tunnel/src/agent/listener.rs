@@ -65,5 +65,10 @@ impl Stream for Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.session.shared().unexpose(self.port);
+        // Connections nobody took are refused, as a closing TCP listener resets its backlog.
+        self.incoming.close();
+        while let Ok(conn) = self.incoming.try_recv() {
+            conn.reset("the listener closed");
+        }
     }
 }

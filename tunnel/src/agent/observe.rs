@@ -1,6 +1,5 @@
 //! What a session reports about its connections: running totals and a stream of events.
 
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -168,7 +167,7 @@ impl ConnectionMeter {
             .fetch_add(n as u64, Relaxed);
     }
 
-    pub(crate) fn failed(&mut self, error: &io::Error) {
+    pub(crate) fn failed(&mut self, error: &dyn std::fmt::Display) {
         self.error.get_or_insert_with(|| error.to_string());
     }
 }

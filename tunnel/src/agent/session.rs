@@ -330,8 +330,10 @@ impl Shared {
                 port: u32::from(port),
             }),
         }));
+        let mut sent = false;
         let confirmed = async {
             self.control.send(message).await.ok()?;
+            sent = true;
             acked.await.ok()
         };
         let timeout = self.settings.handshake_timeout;
@@ -347,17 +349,26 @@ impl Shared {
         };
         lock(&self.routes).remove(&port);
         lock(&self.acks).remove(&port);
+        if sent {
+            // The relay may yet expose the port: take it back.
+            self.withdraw(port);
+        }
         Err(outcome)
     }
 
     pub(super) fn unexpose(&self, port: u16) {
         if lock(&self.routes).remove(&port).is_some() {
-            let message = request(open_session_request::Message::UnexposePort(UnexposePort {
-                port: u32::from(port),
-            }));
-            // A full queue or a closed session: the port goes away with the session anyway.
-            let _ = self.control.try_send(message);
+            self.withdraw(port);
         }
+    }
+
+    /// Tells the relay that `port` is no longer exposed.
+    fn withdraw(&self, port: u16) {
+        self.send_control(request(open_session_request::Message::UnexposePort(
+            UnexposePort {
+                port: u32::from(port),
+            },
+        )));
     }
 
     /// Accepts a dial: opens its data stream, presenting the ticket. The call runs in its own
@@ -382,23 +393,23 @@ impl Shared {
     /// Tells the relay that a dial cannot be served, and why.
     pub(super) fn refuse(&self, ticket: Ticket, port: u16, peer: String, error: Error) {
         debug!(port, %peer, %error, "refusing a dial");
-        let status = error.to_status();
-        // The status's details are an encoded `google.rpc.Status` with the reason inside.
-        let status =
-            prost::Message::decode(status.details()).unwrap_or_else(|_| sesame_proto::RpcStatus {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-                details: Vec::new(),
-            });
         let failure = DialFailure {
             ticket: ticket.as_bytes().to_vec().into(),
-            status: Some(status),
+            status: Some(error.to_rpc_status()),
         };
         self.observer.dial_failed(port, peer, error.to_string());
-        // A full queue: the relay times the dial out instead.
-        let _ = self
-            .control
-            .try_send(request(open_session_request::Message::DialFailure(failure)));
+        self.send_control(request(open_session_request::Message::DialFailure(failure)));
+    }
+
+    /// Queues a control message for the relay without waiting; if the queue is full, a task
+    /// waits for room, so the message is never dropped while the session lives.
+    fn send_control(&self, message: OpenSessionRequest) {
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.control.try_send(message) {
+            let control = self.control.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { control.send(message).await });
+            }
+        }
     }
 
     fn dispatch(self: &Arc<Self>, notice: DialNotice) -> Result<(), Error> {
