@@ -13,7 +13,7 @@ use sesame_proto::v1::{
     open_session_request, open_session_response,
 };
 use sesame_tunnel::handshake::accept_hello;
-use sesame_tunnel::settings::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use sesame_tunnel::settings::MAX_CHUNK_BYTES;
 use sesame_tunnel::splice::{ToAgent, splice};
 use sesame_tunnel::{Error, SessionId, Ticket};
 use tokio::sync::{mpsc, oneshot};
@@ -95,7 +95,7 @@ impl TunnelService for Tunnel {
             .take_until(ended.clone().cancelled_owned())
             .chain(stream::once(said).flat_map(|words| stream::iter(words.unwrap_or_default())));
         let welcome = Welcome {
-            protocol_version: hello.protocol_version.min(PROTOCOL_VERSION),
+            protocol_version: hello.protocol_version,
             session_id: session.to_string(),
             remote: Some(to_proto(&record)),
             settings: Some(Settings {

@@ -18,13 +18,11 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Waits until FILE has a line matching PATTERN (bounded), then prints that line.
+# Prints the first line of FILE matching PATTERN, waiting up to 30 s for it to be written.
 wait_line() {
   local file=$1 pattern=$2
-  for _ in $(seq 200); do
-    grep -m1 -E "$pattern" "$file" 2>/dev/null && return 0
-    sleep 0.05
-  done
+  touch "$file"
+  grep -m1 -E "$pattern" <(timeout 30 tail -n +1 -f "$file") && return 0
   echo "timed out waiting for '$pattern' in $file" >&2; cat "$file" >&2; exit 1
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

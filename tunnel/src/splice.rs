@@ -322,21 +322,49 @@ mod tests {
 
     type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
 
-    fn source<T>() -> (Sender<T>, UnboundedReceiverStream<Result<T, Status>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (tx, UnboundedReceiverStream::new(rx))
+    /// Both peers' request senders and the relay's two response streams.
+    struct Spliced {
+        dialer: Sender<DialRequest>,
+        agent: Sender<AcceptConnectionRequest>,
+        to_dialer: ToDialer,
+        to_agent: ToAgent,
+    }
+
+    fn spliced(agent_chunk_limit: usize, cut: &CancellationToken) -> Spliced {
+        let (dialer, from_dialer) = mpsc::unbounded_channel();
+        let (agent, from_agent) = mpsc::unbounded_channel();
+        let (to_dialer, to_agent) = splice(
+            UnboundedReceiverStream::new(from_dialer),
+            UnboundedReceiverStream::new(from_agent),
+            agent_chunk_limit,
+            cut,
+        );
+        Spliced {
+            dialer,
+            agent,
+            to_dialer,
+            to_agent,
+        }
+    }
+
+    /// A splice without limits whose `opened` the dialer has already read.
+    fn opened() -> Spliced {
+        let mut spliced = spliced(MAX_CHUNK_BYTES, &CancellationToken::new());
+        assert!(matches!(
+            poll(&mut spliced.to_dialer),
+            Poll::Ready(Some(Ok(DialResponse {
+                message: Some(dial_response::Message::Opened(_))
+            })))
+        ));
+        spliced
     }
 
     fn poll<S: Stream + Unpin>(s: &mut S) -> Poll<Option<S::Item>> {
         s.poll_next_unpin(&mut Context::from_waker(noop_waker_ref()))
     }
 
-    fn data_request(chunk: Bytes) -> DialRequest {
-        DialRequest::from_outbound(Outbound::Data(chunk))
-    }
-
-    fn data_accept(chunk: Bytes) -> AcceptConnectionRequest {
-        AcceptConnectionRequest::from_outbound(Outbound::Data(chunk))
+    fn data<M: ClientMessage>(chunk: &'static [u8]) -> Result<M, Status> {
+        Ok(M::from_outbound(Outbound::Data(Bytes::from_static(chunk))))
     }
 
     fn data_to_agent(item: Poll<Option<Result<AcceptConnectionResponse, Status>>>) -> Bytes {
@@ -348,26 +376,22 @@ mod tests {
         }
     }
 
+    fn error<T: std::fmt::Debug>(item: Poll<Option<Result<T, Status>>>) -> Status {
+        match item {
+            Poll::Ready(Some(Err(status))) => status,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn bytes_flow_both_ways_and_calls_end_after_both_half_closes() {
-        let (dialer, from_dialer) = source::<DialRequest>();
-        let (agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(
-            from_dialer,
-            from_agent,
-            MAX_CHUNK_BYTES,
-            &CancellationToken::new(),
-        );
-
-        assert!(matches!(
-            poll(&mut to_dialer),
-            Poll::Ready(Some(Ok(DialResponse {
-                message: Some(dial_response::Message::Opened(_))
-            })))
-        ));
-        dialer
-            .send(Ok(data_request(Bytes::from_static(b"ping"))))
-            .unwrap();
+        let Spliced {
+            dialer,
+            agent,
+            mut to_dialer,
+            mut to_agent,
+        } = opened();
+        dialer.send(data(b"ping")).unwrap();
         assert_eq!(data_to_agent(poll(&mut to_agent)), "ping");
 
         // The dialer half-closes; the agent still answers, and its call stays open.
@@ -381,9 +405,7 @@ mod tests {
             "waits for the other direction"
         );
 
-        agent
-            .send(Ok(data_accept(Bytes::from_static(b"pong"))))
-            .unwrap();
+        agent.send(data(b"pong")).unwrap();
         assert!(matches!(
             poll(&mut to_dialer),
             Poll::Ready(Some(Ok(m))) if m == DialResponse::data(Bytes::from_static(b"pong"))
@@ -402,12 +424,15 @@ mod tests {
 
     #[test]
     fn chunks_are_split_to_the_agents_limit_without_copying() {
-        let (dialer, from_dialer) = source::<DialRequest>();
-        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (_to_dialer, mut to_agent) =
-            splice(from_dialer, from_agent, 4, &CancellationToken::new());
+        let Spliced {
+            dialer,
+            agent: _agent,
+            to_dialer: _to_dialer,
+            mut to_agent,
+        } = spliced(4, &CancellationToken::new());
         let chunk = Bytes::from_static(b"0123456789");
-        dialer.send(Ok(data_request(chunk.clone()))).unwrap();
+        let message = DialRequest::from_outbound(Outbound::Data(chunk.clone()));
+        dialer.send(Ok(message)).unwrap();
         let pieces: Vec<Bytes> = (0..3).map(|_| data_to_agent(poll(&mut to_agent))).collect();
         assert_eq!(pieces, ["0123", "4567", "89"]);
         assert_eq!(
@@ -418,71 +443,71 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_by_one_peer_fails_both_calls() {
-        let (dialer, from_dialer) = source::<DialRequest>();
-        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(
-            from_dialer,
-            from_agent,
-            MAX_CHUNK_BYTES,
-            &CancellationToken::new(),
-        );
-        let _opened = poll(&mut to_dialer);
+    fn a_reset_stream_fails_both_calls() {
+        let Spliced {
+            dialer,
+            agent: _agent,
+            mut to_dialer,
+            mut to_agent,
+        } = opened();
         assert!(poll(&mut to_dialer).is_pending());
-
-        dialer.send(Err(Status::cancelled("gone"))).unwrap();
         // A cancelled stream is the dialer resetting it.
-        match poll(&mut to_agent) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.code(), tonic::Code::Aborted);
-                assert_eq!(status.message(), "the dialer reset the connection");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(matches!(poll(&mut to_dialer), Poll::Ready(Some(Err(_)))));
+        dialer.send(Err(Status::cancelled("gone"))).unwrap();
+        let status = error(poll(&mut to_agent));
+        assert_eq!(status.code(), Code::Aborted);
+        assert_eq!(status.message(), "the dialer reset the connection");
+        error(poll(&mut to_dialer));
         assert!(matches!(poll(&mut to_agent), Poll::Ready(None)));
     }
 
     #[test]
-    fn a_protocol_violation_is_reported_to_the_offender() {
-        let (dialer, from_dialer) = source::<DialRequest>();
-        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(
-            from_dialer,
-            from_agent,
-            MAX_CHUNK_BYTES,
-            &CancellationToken::new(),
+    fn a_reset_message_is_passed_on_with_its_reason() {
+        let Spliced {
+            dialer: _dialer,
+            agent,
+            mut to_dialer,
+            mut to_agent,
+        } = opened();
+        let reset = Outbound::Reset("localhost:80: connection reset".into());
+        agent
+            .send(Ok(AcceptConnectionRequest::from_outbound(reset)))
+            .unwrap();
+        let status = error(poll(&mut to_dialer));
+        assert_eq!(status.code(), Code::Aborted);
+        assert_eq!(
+            status.message(),
+            "the remote reset the connection: localhost:80: connection reset"
         );
-        let _opened = poll(&mut to_dialer);
+        error(poll(&mut to_agent));
+    }
+
+    #[test]
+    fn a_protocol_violation_is_reported_to_the_offender() {
+        let Spliced {
+            dialer,
+            agent: _agent,
+            mut to_dialer,
+            mut to_agent,
+        } = opened();
         dialer.send(Ok(DialRequest { message: None })).unwrap();
-        match poll(&mut to_agent) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.message(), "the dialer broke the protocol")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        match poll(&mut to_dialer) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.code(), Code::FailedPrecondition);
-                assert!(
-                    status.message().contains("unexpected empty message"),
-                    "{status:?}"
-                );
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        let to_innocent = error(poll(&mut to_agent));
+        assert_eq!(to_innocent.message(), "the dialer broke the protocol");
+        let to_offender = error(poll(&mut to_dialer));
+        assert_eq!(to_offender.code(), Code::FailedPrecondition);
+        assert!(
+            to_offender.message().contains("unexpected empty message"),
+            "{to_offender:?}"
+        );
     }
 
     #[test]
     fn a_dropped_call_fails_the_other_even_after_its_half_close() {
-        let (dialer, from_dialer) = source::<DialRequest>();
-        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (to_dialer, mut to_agent) = splice(
-            from_dialer,
-            from_agent,
-            MAX_CHUNK_BYTES,
-            &CancellationToken::new(),
-        );
+        let Spliced {
+            dialer,
+            agent: _agent,
+            to_dialer,
+            mut to_agent,
+        } = opened();
         drop(dialer);
         assert!(
             matches!(poll(&mut to_agent), Poll::Ready(Some(Ok(_)))),
@@ -490,60 +515,25 @@ mod tests {
         );
         assert!(poll(&mut to_agent).is_pending());
         drop(to_dialer);
-        match poll(&mut to_agent) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.message(), "the dialer closed the connection")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_reset_is_passed_on_with_its_reason() {
-        let (_dialer, from_dialer) = source::<DialRequest>();
-        let (agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(
-            from_dialer,
-            from_agent,
-            MAX_CHUNK_BYTES,
-            &CancellationToken::new(),
-        );
-        let _opened = poll(&mut to_dialer);
-        let reset = Outbound::Reset("localhost:80: connection reset".into());
-        agent
-            .send(Ok(AcceptConnectionRequest::from_outbound(reset)))
-            .unwrap();
-        match poll(&mut to_dialer) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.code(), Code::Aborted);
-                assert_eq!(
-                    status.message(),
-                    "the remote reset the connection: localhost:80: connection reset"
-                );
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(matches!(poll(&mut to_agent), Poll::Ready(Some(Err(_)))));
+        let status = error(poll(&mut to_agent));
+        assert_eq!(status.message(), "the dialer closed the connection");
     }
 
     #[test]
     fn the_relay_can_cut_every_connection() {
         let cut = CancellationToken::new();
-        let (_dialer, from_dialer) = source::<DialRequest>();
-        let (_agent, from_agent) = source::<AcceptConnectionRequest>();
-        let (mut to_dialer, mut to_agent) = splice(from_dialer, from_agent, MAX_CHUNK_BYTES, &cut);
+        let Spliced {
+            dialer: _dialer,
+            agent: _agent,
+            mut to_dialer,
+            mut to_agent,
+        } = spliced(MAX_CHUNK_BYTES, &cut);
         let _opened = poll(&mut to_dialer);
         assert!(poll(&mut to_dialer).is_pending());
         cut.cancel();
-        match poll(&mut to_dialer) {
-            Poll::Ready(Some(Err(status))) => {
-                assert_eq!(status.code(), Code::Unavailable);
-                assert_eq!(status.message(), "the relay shut down");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(
-            matches!(poll(&mut to_agent), Poll::Ready(Some(Err(s))) if s.code() == Code::Unavailable)
-        );
+        let status = error(poll(&mut to_dialer));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "the relay shut down");
+        assert_eq!(error(poll(&mut to_agent)).code(), Code::Unavailable);
     }
 }
