@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace. Installs what the tests need when it is
-# missing: curl and python3 (Debian packages), buf (npm's @bufbuild/buf, into target/tools).
+# missing: curl, python3 and kill (Debian packages), buf (npm's @bufbuild/buf, into
+# target/tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-need_packages curl:curl python3:python3 npm:npm
+need_packages curl:curl python3:python3 kill:procps npm:npm
 scripts/lint-proto.sh
 
 echo "== cargo fmt" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test" >&2
 cargo test --workspace --locked

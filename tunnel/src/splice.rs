@@ -7,7 +7,7 @@
 //! control lets it push to the other: backpressure passes straight through the relay, and
 //! each direction holds at most one chunk of its own.
 //!
-//! The two directions share a [`Joint`] that carries what one must tell the other: that it
+//! The two directions share a joint that carries what one must tell the other: that it
 //! has finished (a call ends with OK only once both directions have), or that it failed (then
 //! both calls end with an error, each worded for its own peer). A cancellation token lets the
 //! relay cut every spliced connection at once when its shutdown grace period ends.
