@@ -26,7 +26,9 @@ use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
 use crate::handshake::{accept_welcome, hello};
 use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use crate::transport::DEFAULT_RELAY;
-use crate::{Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings};
+use crate::{
+    Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings, format_duration,
+};
 
 /// How many control messages may wait to be sent to the relay.
 const CONTROL_QUEUE: usize = 256;
@@ -462,7 +464,10 @@ impl Shared {
             }
             Some(Message::Drain(drain)) => {
                 let grace = drain.grace_period.and_then(|d| Duration::try_from(d).ok());
-                info!(?grace, "the relay is draining");
+                match grace {
+                    Some(grace) => info!(grace = %format_duration(grace), "the relay is draining"),
+                    None => info!("the relay is draining"),
+                }
                 self.observer.emit(Event::Draining { grace });
             }
             Some(Message::Welcome(_)) => return Err(Error::protocol("a second welcome")),
