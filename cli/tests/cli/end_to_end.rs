@@ -81,7 +81,8 @@ fn ls_lists_remotes_with_their_ports_as_json_and_as_a_table() {
     let port = http.port.to_string();
     let other = closed_port().to_string();
     let _web = relay.expose("web", &[&port, &format!("127.0.0.1:{other}")]);
-    let _db = relay.expose("db", &["2222:127.0.0.1:5432"]);
+    // Exposed port 2222 leads to a closed local port: nothing dials it here.
+    let _db = relay.expose("db", &[&format!("2222:127.0.0.1:{}", closed_port())]);
 
     let result = relay.run(&["ls", "--json"], b"");
     assert!(result.status.success(), "{}", text(&result.stderr));
