@@ -2,7 +2,7 @@
 
 use std::io;
 
-use sesame_tunnel::Error;
+use sesame_tunnel::{Error, short_phrase};
 
 /// The error as one line: what failed, then its root cause, if it adds anything.
 pub fn one_line(error: &anyhow::Error) -> String {
@@ -17,13 +17,7 @@ pub fn one_line(error: &anyhow::Error) -> String {
 /// A cause as a short lowercase phrase: `connection refused`, not
 /// `tcp connect error: Connection refused (os error 111)`.
 fn short_cause(cause: &str) -> String {
-    let cause = cause.rsplit(": ").next().unwrap_or(cause);
-    let cause = cause.split(" (os error").next().unwrap_or(cause);
-    let mut chars = cause.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
+    short_phrase(cause.rsplit(": ").next().unwrap_or(cause))
 }
 
 /// What the user might do about `error`, if there is something to suggest.

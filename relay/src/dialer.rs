@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::auth::Action;
 use crate::state::{PendingDial, State};
-use crate::{first_message, peer_of};
+use crate::{first_message, peer_of, port_number};
 
 /// Serves dialers.
 pub(crate) struct Dialer {
@@ -40,12 +40,9 @@ impl DialerService for Dialer {
                 _ => return Err(Error::protocol("a dial must begin with its target").into()),
             };
         let name = RemoteName::from_resource_name(&target.remote)?;
-        let port = u16::try_from(target.port)
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("port {} is not a valid port", target.port))
-            })?;
+        let port = port_number(target.port).ok_or_else(|| {
+            Status::invalid_argument(format!("port {} is not a valid port", target.port))
+        })?;
         state.auth.authorize(&metadata, Action::Dial(&name))?;
 
         let not_found = || Error::RemoteNotFound {
@@ -83,9 +80,7 @@ impl DialerService for Dialer {
                 TrySendError::Full(_) => {
                     Status::unavailable(format!("remote {name:?} is not keeping up with dials"))
                 }
-                TrySendError::Closed(_) => {
-                    Status::unavailable(format!("remote {name:?} went away"))
-                }
+                TrySendError::Closed(_) => gone(),
             })?;
         debug!(remote = %name, port, %peer, "dial sent to the agent");
 

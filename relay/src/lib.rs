@@ -44,6 +44,11 @@ pub use config::RelayConfig;
 pub use registry::{MemoryRegistry, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 
+/// A port number from the wire: 1 to 65535.
+fn port_number(port: u32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|port| *port != 0)
+}
+
 /// The caller's address, for logs and dial notices.
 fn peer_of<T>(request: &Request<T>) -> String {
     request

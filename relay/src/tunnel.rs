@@ -26,7 +26,7 @@ use crate::auth::Action;
 use crate::registry::RemoteRecord;
 use crate::remotes::to_proto;
 use crate::state::{SessionLink, State};
-use crate::{first_message, peer_of};
+use crate::{first_message, peer_of, port_number};
 
 /// The longest message of a dial failure the relay passes on to the dialer.
 const MAX_FAILURE_MESSAGE: usize = 1024;
@@ -252,10 +252,7 @@ async fn handle(
 }
 
 fn valid_port(port: u32) -> Result<u16, Error> {
-    u16::try_from(port)
-        .ok()
-        .filter(|port| *port != 0)
-        .ok_or_else(|| Error::protocol(format!("port {port} is not a valid port")))
+    port_number(port).ok_or_else(|| Error::protocol(format!("port {port} is not a valid port")))
 }
 
 /// Passes an agent's refusal of a dial on to the dialer waiting for it.

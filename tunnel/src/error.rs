@@ -270,7 +270,7 @@ fn describe(status: &Status) -> String {
 }
 
 /// The lowercase name of a gRPC status code, as in the gRPC specification.
-pub fn code_name(code: Code) -> &'static str {
+fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "ok",
         Code::Cancelled => "cancelled",
@@ -289,6 +289,23 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "unavailable",
         Code::DataLoss => "data loss",
         Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// An I/O error as a short lowercase phrase: `connection refused`, not
+/// `Connection refused (os error 111)`.
+pub fn io_reason(error: &io::Error) -> String {
+    short_phrase(&error.to_string())
+}
+
+/// A message as a short lowercase phrase: without an ` (os error N)` suffix, and with its
+/// first letter lowercased.
+pub fn short_phrase(message: &str) -> String {
+    let message = message.split(" (os error").next().unwrap_or(message);
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -380,6 +397,14 @@ mod tests {
         assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
         let reset: io::Error = Error::Status(Status::cancelled("gone")).into();
         assert_eq!(reset.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn io_errors_read_as_short_phrases() {
+        let refused = io::Error::from_raw_os_error(111);
+        assert_eq!(io_reason(&refused), "connection refused");
+        let custom = io::Error::other("Timed out");
+        assert_eq!(io_reason(&custom), "timed out");
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod transport;
 pub use agent::{Event, Forward, Listener, Session, SessionBuilder, Stats, Target};
 pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
-pub use error::{ERROR_DOMAIN, Error, code_name, format_duration};
+pub use error::{ERROR_DOMAIN, Error, format_duration, io_reason, short_phrase};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
 pub use tcp::join_tcp;

@@ -6,8 +6,7 @@ use std::time::Duration;
 use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::TcpStream;
 
-use crate::Connection;
-use crate::agent::io_reason;
+use crate::{Connection, io_reason};
 
 /// The size of each direction's copy buffer: large reads mean few system calls and full
 /// chunks on the wire.

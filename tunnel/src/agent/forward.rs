@@ -1,14 +1,13 @@
 //! Forwarding an exposed port to a TCP target the agent can reach.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::session::{Session, Shared};
-use crate::{Error, Ticket, format_duration, join_tcp};
+use crate::{Error, Ticket, format_duration, io_reason, join_tcp};
 
 /// A TCP address an agent forwards a port's connections to. The agent connects to nothing
 /// else: it is never an open proxy.
@@ -120,21 +119,6 @@ pub(super) async fn serve(
     }
 }
 
-/// An I/O error as a short lowercase phrase: `connection refused`, not
-/// `Connection refused (os error 111)`.
-pub fn io_reason(error: &io::Error) -> String {
-    let text = error.to_string();
-    let text = match text.find(" (os error") {
-        Some(end) => &text[..end],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,13 +129,5 @@ mod tests {
         assert_eq!(Target::new("[::1]", 22).to_string(), "[::1]:22");
         assert_eq!(Target::new("::1", 22).host(), "::1");
         assert_eq!(Target::new("10.0.0.2", 5432).to_string(), "10.0.0.2:5432");
-    }
-
-    #[test]
-    fn io_errors_read_as_short_phrases() {
-        let refused = io::Error::from_raw_os_error(111);
-        assert_eq!(io_reason(&refused), "connection refused");
-        let custom = io::Error::other("Timed out");
-        assert_eq!(io_reason(&custom), "timed out");
     }
 }

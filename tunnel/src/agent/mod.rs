@@ -28,7 +28,7 @@ mod listener;
 mod observe;
 mod session;
 
-pub use forward::{Forward, Target, io_reason};
+pub use forward::{Forward, Target};
 pub use listener::Listener;
 pub(crate) use observe::ConnectionMeter;
 pub use observe::{Event, Stats};

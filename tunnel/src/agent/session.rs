@@ -145,7 +145,7 @@ impl SessionBuilder {
             shutdown: shutdown.clone(),
         });
         let span = info_span!("session", remote = %shared.name, id = %shared.id);
-        tokio::spawn(run_control(shared.clone(), responses, shutdown.clone()).instrument(span));
+        tokio::spawn(run_control(shared.clone(), responses).instrument(span));
         Ok(Session {
             handle: Arc::new(Handle {
                 shared,
@@ -485,14 +485,10 @@ impl Shared {
 }
 
 /// Reads the relay's control messages until the session ends, from either side.
-async fn run_control(
-    shared: Arc<Shared>,
-    mut responses: Streaming<OpenSessionResponse>,
-    shutdown: CancellationToken,
-) {
+async fn run_control(shared: Arc<Shared>, mut responses: Streaming<OpenSessionResponse>) {
     let reason = loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => break "the agent closed the session".to_owned(),
+            _ = shared.shutdown.cancelled() => break "the agent closed the session".to_owned(),
             message = responses.message() => message,
         };
         match message {
