@@ -6,10 +6,11 @@
 //! - `args`: the command line (clap); `spec`: the `PORT` forms `expose` accepts;
 //! - `commands`: one module per subcommand;
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
-//! - `report`: errors as one line and a hint.
+//! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
 
 mod args;
 mod commands;
+mod diagnostics;
 mod logging;
 mod report;
 mod spec;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    diagnostics::answer_stats_requests();
     match cli.command {
         Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(args).await,
         Command::Expose(args) => commands::expose::run(cli.relay, args).await,
