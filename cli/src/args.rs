@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sesame_tunnel::{DEFAULT_RELAY, RelayUrl, RemoteName};
+use sesame_tunnel::{DEFAULT_RELAY, RelayUrl, RemoteName, TransportSettings};
 
 use crate::spec::ExposeSpec;
 
@@ -20,6 +20,11 @@ pub struct Cli {
     /// The relay to use (`http://HOST:PORT`).
     #[arg(long, global = true, env = "SESAME_RELAY", default_value = DEFAULT_RELAY, value_name = "URL")]
     pub relay: RelayUrl,
+
+    /// How soon a dead peer (the relay, or an agent, or a dialer) is noticed: pings go out
+    /// after two thirds of it without news.
+    #[arg(long, global = true, env = "SESAME_KEEPALIVE", default_value = "15s", value_parser = parse_keepalive, value_name = "DURATION")]
+    pub keepalive: Duration,
 
     /// Log more: -v for info, -vv for debug, -vvv for trace. RUST_LOG, if set, decides instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -107,6 +112,22 @@ pub struct LsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Cli {
+    /// The transport tuning every subcommand uses.
+    pub fn transport(&self) -> TransportSettings {
+        TransportSettings::default().with_dead_peer_timeout(self.keepalive)
+    }
+}
+
+/// A keepalive bound: at least 300ms, so that pings stay sparse.
+fn parse_keepalive(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < Duration::from_millis(300) {
+        return Err("the keepalive must be at least 300ms".to_owned());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]

@@ -50,10 +50,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     diagnostics::answer_stats_requests();
+    let transport = cli.transport();
     match cli.command {
-        Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(args).await,
-        Command::Expose(args) => commands::expose::run(cli.relay, args).await,
-        Command::Connect(args) => commands::connect::run(cli.relay, args).await,
+        Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(args, transport).await,
+        Command::Expose(args) => commands::expose::run(cli.relay, args, transport).await,
+        Command::Connect(args) => commands::connect::run(cli.relay, args, transport).await,
         Command::Ls(args) => commands::ls::run(cli.relay, args).await,
     }
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sesame_tunnel::{Event, Session, Stats};
+use sesame_tunnel::{Event, Session, Stats, format_duration};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::logging;
@@ -39,10 +39,12 @@ async fn live_line(session: &Session) {
     logging::attach_status_line(bar.clone());
     let mut refresh = tokio::time::interval(REFRESH);
     let print = |event: Event| match event {
-        Event::DialFailed { .. } | Event::Draining { .. } => {
-            bar.println(describe(&event).unwrap_or_default())
+        Event::Opened { .. } | Event::Closed { .. } => {}
+        _ => {
+            if let Some(line) = describe(&event) {
+                bar.println(line);
+            }
         }
-        _ => {}
     };
     let updates = async {
         loop {
@@ -107,7 +109,23 @@ fn describe(event: &Event) -> Option<String> {
         Event::DialFailed { port, peer, error } => {
             format!("port {port}: dial from {peer} failed: {error}")
         }
-        Event::Draining { .. } => "the relay is draining".to_owned(),
+        Event::Draining { grace: Some(grace) } => format!(
+            "the relay is draining: open connections may run for {}",
+            format_duration(*grace)
+        ),
+        Event::Draining { grace: None } => "the relay is draining".to_owned(),
+        Event::Disconnected { reason } => format!("lost the relay: {reason}"),
+        Event::Reconnecting { delay, error: None } => {
+            format!("reconnecting in {}", format_duration(*delay))
+        }
+        Event::Reconnecting {
+            delay,
+            error: Some(error),
+        } => format!(
+            "relay unreachable ({error}), retrying in {}",
+            format_duration(*delay)
+        ),
+        Event::Reconnected => "reconnected: the remote and its ports are back".to_owned(),
         _ => return None,
     })
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use futures_util::future::{BoxFuture, FutureExt, ready};
-use sesame_tunnel::{Error, RemoteName, SessionId};
+use sesame_tunnel::{AgentKey, Error, RemoteName, SessionId};
 
 /// What the registry knows about one connected remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,13 +26,16 @@ pub struct RemoteRecord {
     pub connect_time: SystemTime,
     /// The agent's description of itself.
     pub agent_version: String,
+    /// The key the agent presented: a later session with the same key takes the name over.
+    pub agent_key: Option<AgentKey>,
 }
 
 /// Where remotes are registered.
 pub trait Registry: Send + Sync + 'static {
-    /// Registers `record.name` for `record.session`; fails with [`Error::NameInUse`] when
-    /// another session holds the name.
-    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<(), Error>>;
+    /// Registers `record.name` for `record.session`. When another session holds the name,
+    /// takes it over if both presented the same agent key, returning the session it took the
+    /// name from (which the relay then ends); otherwise fails with [`Error::NameInUse`].
+    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<Option<SessionId>, Error>>;
 
     /// Forgets `name` if `session` still holds it.
     fn release<'a>(
@@ -78,16 +81,25 @@ impl MemoryRegistry {
     }
 }
 
+/// Whether `claim` comes from the agent that holds the name, by its key.
+fn same_agent(holder: &RemoteRecord, claim: &RemoteRecord) -> bool {
+    matches!((&holder.agent_key, &claim.agent_key), (Some(held), Some(presented)) if held == presented)
+}
+
 impl Registry for MemoryRegistry {
-    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<(), Error>> {
+    fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<Option<SessionId>, Error>> {
         let result = self.with(|remotes| {
-            if remotes.contains_key(&record.name) {
-                return Err(Error::NameInUse {
-                    name: record.name.to_string(),
-                });
-            }
+            let stale = match remotes.get(&record.name) {
+                None => None,
+                Some(holder) if same_agent(holder, &record) => Some(holder.session.clone()),
+                Some(_) => {
+                    return Err(Error::NameInUse {
+                        name: record.name.to_string(),
+                    });
+                }
+            };
             remotes.insert(record.name.clone(), record);
-            Ok(())
+            Ok(stale)
         });
         ready(result).boxed()
     }
@@ -154,7 +166,40 @@ mod tests {
             ports: BTreeSet::new(),
             connect_time: SystemTime::UNIX_EPOCH,
             agent_version: "test".into(),
+            agent_key: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_same_agent_takes_its_name_back() {
+        let registry = MemoryRegistry::default();
+        let key = AgentKey::generate();
+        let (stale, fresh, stranger) = (
+            SessionId::generate(),
+            SessionId::generate(),
+            SessionId::generate(),
+        );
+        let keyed = |session: &SessionId, key: &AgentKey| RemoteRecord {
+            agent_key: Some(key.clone()),
+            ..record("pi", session)
+        };
+        assert_eq!(registry.claim(keyed(&stale, &key)).await.unwrap(), None);
+        let refused = registry
+            .claim(keyed(&stranger, &AgentKey::generate()))
+            .await;
+        assert!(matches!(refused, Err(Error::NameInUse { .. })));
+        assert!(matches!(
+            registry.claim(record("pi", &stranger)).await,
+            Err(Error::NameInUse { .. })
+        ));
+        let replaced = registry.claim(keyed(&fresh, &key)).await.unwrap();
+        assert_eq!(replaced, Some(stale.clone()));
+
+        // The stale session's own release no longer touches the name.
+        let pi = RemoteName::new("pi").unwrap();
+        registry.release(&pi, &stale).await.unwrap();
+        let holder = registry.get(&pi).await.unwrap().unwrap();
+        assert_eq!(holder.session, fresh);
     }
 
     #[tokio::test]

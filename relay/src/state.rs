@@ -35,6 +35,8 @@ pub(crate) struct SessionLink {
     pub(crate) control: mpsc::Sender<Result<OpenSessionResponse, Status>>,
     /// The largest data payload the agent accepts.
     pub(crate) chunk_limit: usize,
+    /// Cancelled when a new session of the same agent takes the name over.
+    pub(crate) replaced: CancellationToken,
 }
 
 /// A dial waiting for its agent to accept or refuse it.
@@ -75,6 +77,13 @@ impl State {
 
     pub(crate) fn session(&self, id: &SessionId) -> Option<SessionLink> {
         lock(&self.sessions).get(id).cloned()
+    }
+
+    /// Ends a session whose agent has opened a new one.
+    pub(crate) fn replace_session(&self, id: &SessionId) {
+        if let Some(link) = lock(&self.sessions).get(id) {
+            link.replaced.cancel();
+        }
     }
 
     /// Forgets a session, and fails the dials still waiting for it.

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{Stream, StreamExt, stream};
 use sesame_proto::v1::tunnel_service_server::TunnelService;
@@ -15,8 +15,9 @@ use sesame_proto::v1::{
 use sesame_tunnel::handshake::accept_hello;
 use sesame_tunnel::settings::MAX_CHUNK_BYTES;
 use sesame_tunnel::splice::{ToAgent, splice};
-use sesame_tunnel::{Error, SessionId, Ticket};
+use sesame_tunnel::{Error, SessionId, Ticket, format_duration};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -83,8 +84,12 @@ impl TunnelService for Tunnel {
             ports: BTreeSet::new(),
             connect_time: SystemTime::now(),
             agent_version: hello.agent_version,
+            agent_key: hello.agent_key,
         };
-        state.registry.claim(record.clone()).await?;
+        if let Some(stale) = state.registry.claim(record.clone()).await? {
+            // The same agent is back before its old session was noticed dead: end that one.
+            state.replace_session(&stale);
+        }
 
         let (control, queue) = mpsc::channel(state.config.control_queue.max(1));
         // The session's last words (a drain notice, the reason it ended) come after the queue,
@@ -101,6 +106,7 @@ impl TunnelService for Tunnel {
             settings: Some(Settings {
                 max_chunk_bytes: MAX_CHUNK_BYTES as u32,
                 dial_timeout: prost_types::Duration::try_from(state.config.dial_timeout).ok(),
+                heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(state)).ok(),
             }),
         };
         control
@@ -108,16 +114,18 @@ impl TunnelService for Tunnel {
                 welcome,
             ))))
             .expect("a new queue has room");
+        let replaced = CancellationToken::new();
         state.add_session(
             session.clone(),
             SessionLink {
                 control: control.clone(),
                 chunk_limit: hello.chunk_limit,
+                replaced: replaced.clone(),
             },
         );
         let span = info_span!("session", remote = %hello.name, %session);
         span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
-        let session = run_session(state.clone(), record, requests, control);
+        let session = run_session(state.clone(), record, requests, control, replaced);
         tokio::spawn(
             async move {
                 let words = session.await;
@@ -161,15 +169,25 @@ impl TunnelService for Tunnel {
     }
 }
 
-/// Runs one session's control stream until the agent leaves or the relay shuts down, then
-/// forgets the remote. Returns the session's last messages for the agent.
+/// How often agents should send heartbeats: three within the time a silent agent is given.
+fn heartbeat_interval(state: &State) -> Duration {
+    state.config.transport.dead_peer_timeout() / 3
+}
+
+/// Runs one session's control stream until the agent leaves, goes silent, is replaced by a
+/// new session of its own, or the relay shuts down; then forgets the remote. Returns the
+/// session's last messages for the agent.
 async fn run_session(
     state: Arc<State>,
     record: RemoteRecord,
     mut requests: Streaming<OpenSessionRequest>,
     control: ControlSender,
+    replaced: CancellationToken,
 ) -> Vec<Result<OpenSessionResponse, Status>> {
     let mut ports = BTreeSet::new();
+    let silence = state.config.transport.dead_peer_timeout();
+    let quiet = tokio::time::sleep(silence);
+    tokio::pin!(quiet);
     let (reason, last_words) = loop {
         let message = tokio::select! {
             _ = state.shutdown.cancelled() => {
@@ -178,8 +196,17 @@ async fn run_session(
                 let closing = Status::unavailable("the relay is shutting down");
                 break ("the relay is shutting down".to_owned(), vec![Ok(drain), Err(closing)]);
             }
+            _ = replaced.cancelled() => {
+                let reason = "a new session of the same agent replaced it";
+                break (reason.to_owned(), vec![Err(Status::aborted(reason))]);
+            }
+            () = &mut quiet => {
+                let reason = format!("the agent went silent for {}", format_duration(silence));
+                break (reason.clone(), vec![Err(Status::unavailable(reason))]);
+            }
             message = requests.message() => message,
         };
+        quiet.as_mut().reset(Instant::now() + silence);
         let message = match message {
             Ok(Some(message)) => message,
             Ok(None) => break ("the agent closed the session".to_owned(), Vec::new()),
@@ -245,6 +272,12 @@ async fn handle(
             }
         }
         Some(Message::DialFailure(failure)) => fail_dial(state, &record.session, failure),
+        Some(Message::Heartbeat(heartbeat)) => {
+            // A full queue means the agent is not reading: its own silence timer will tell.
+            let _ = control.try_send(Ok(response(open_session_response::Message::Heartbeat(
+                heartbeat,
+            ))));
+        }
         Some(Message::Hello(_)) => return Err(Error::protocol("a second hello")),
         None => return Err(Error::protocol("an empty control message")),
     }

@@ -12,7 +12,7 @@ use sesame_tunnel::{Dialer, RelayUrl, RemoteName, Session, TransportSettings};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -48,7 +48,13 @@ impl TestRelay {
 
     /// Starts a relay with `config` on `127.0.0.1:0`.
     pub async fn start_with(config: RelayConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestRelay::start_at("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts a relay with `config` on `addr`: the address of a relay that has stopped, to
+    /// stand in for it after a restart.
+    pub async fn start_at(addr: SocketAddr, config: RelayConfig) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let url = listener.local_addr().unwrap().to_string().parse().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let relay = Relay::builder().config(config).build();
@@ -138,11 +144,23 @@ impl TestRelay {
             .await
     }
 
-    /// Tells the relay to shut down and waits until it has.
-    pub async fn stop(mut self) {
+    /// The relay's socket address (of a relay on TCP).
+    pub fn addr(&self) -> SocketAddr {
+        let authority = self.url.uri().authority().expect("a relay URL has a host");
+        authority.as_str().parse().expect("a TCP relay's address")
+    }
+
+    /// Tells the relay to shut down: it drains its agents and lets open connections run for
+    /// its grace period.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Tells the relay to shut down and waits until it has.
+    pub async fn stop(mut self) {
+        self.begin_stop();
         (&mut self.task).await.unwrap();
     }
 }
@@ -263,4 +281,62 @@ pub async fn echo_listener(session: &Session, port: u16) {
             });
         }
     });
+}
+
+/// A TCP proxy on `127.0.0.1:0` in front of `upstream` whose connections can be frozen:
+/// their sockets stay open but no byte moves any more, as when a link dies silently (a
+/// sleeping laptop, a NAT that forgot the mapping). Connections made after a freeze flow.
+pub struct FreezingProxy {
+    addr: SocketAddr,
+    freeze: std::sync::Arc<std::sync::Mutex<watch::Sender<bool>>>,
+    task: JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    /// Starts the proxy.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freeze = std::sync::Arc::new(std::sync::Mutex::new(watch::channel(false).0));
+        let generation = freeze.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut frozen = generation.lock().unwrap().subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let frozen = async move {
+                        let _ = frozen.wait_for(|frozen| *frozen).await;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = frozen => {
+                            // Hold both sockets open, silent, until the test ends.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        FreezingProxy { addr, freeze, task }
+    }
+
+    /// The proxy's address, as a relay URL.
+    pub fn url(&self) -> RelayUrl {
+        self.addr.to_string().parse().unwrap()
+    }
+
+    /// Freezes every connection open now; later ones are not affected.
+    pub fn freeze(&self) {
+        let mut current = self.freeze.lock().unwrap();
+        current.send_replace(true);
+        *current = watch::channel(false).0;
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

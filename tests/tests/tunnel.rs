@@ -447,23 +447,6 @@ async fn a_dropped_listener_withdraws_its_port() {
 }
 
 #[tokio::test]
-async fn the_relay_shutdown_drains_agents_and_ends_their_sessions() {
-    within(async {
-        let relay = TestRelay::start().await;
-        let session = relay.session("drained").await;
-        let mut events = session.events();
-        relay.stop().await;
-        assert!(matches!(
-            events.recv().await.unwrap(),
-            Event::Draining { .. }
-        ));
-        let reason = session.closed().await.to_string();
-        assert!(reason.contains("shutting down"), "{reason}");
-    })
-    .await
-}
-
-#[tokio::test]
 async fn a_target_reset_reaches_the_dialer_as_an_error_not_an_end() {
     within(async {
         let relay = TestRelay::start().await;

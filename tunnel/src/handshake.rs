@@ -8,21 +8,27 @@ use sesame_proto::v1::{Hello, Settings, Welcome};
 use crate::settings::{
     MIN_CHUNK_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, announced_chunk_limit,
 };
-use crate::{Error, RemoteName, SessionId};
+use crate::{AgentKey, Error, RemoteName, SessionId};
 
 /// The longest agent version string a relay keeps.
 const MAX_AGENT_VERSION_LEN: usize = 64;
 
 /// The agent's opening message.
-pub fn hello(name: &RemoteName, agent_version: &str, chunk_limit: usize) -> Hello {
+pub fn hello(
+    name: &RemoteName,
+    agent_version: &str,
+    chunk_limit: usize,
+    agent_key: &AgentKey,
+) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
         remote: name.resource_name(),
         agent_version: agent_version.to_owned(),
         settings: Some(Settings {
             max_chunk_bytes: u32::try_from(chunk_limit).unwrap_or(u32::MAX),
-            dial_timeout: None,
+            ..Settings::default()
         }),
+        agent_key: agent_key.as_bytes().to_vec().into(),
     }
 }
 
@@ -37,6 +43,9 @@ pub struct AcceptedHello {
     pub agent_version: String,
     /// The largest data payload the agent accepts.
     pub chunk_limit: usize,
+    /// The agent's key, if it presented one: a session with the same key may take the name
+    /// over.
+    pub agent_key: Option<AgentKey>,
 }
 
 /// Judges an agent's `Hello` on the relay's side.
@@ -56,11 +65,23 @@ pub fn accept_hello(hello: Hello) -> Result<AcceptedHello, Error> {
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .take(MAX_AGENT_VERSION_LEN)
         .collect();
+    let agent_key = match hello.agent_key.as_ref() {
+        [] => None,
+        bytes => Some(AgentKey::from_bytes(bytes).ok_or_else(|| {
+            Error::protocol(format!(
+                "an agent key has {} to {} bytes, not {}",
+                AgentKey::MIN_LEN,
+                AgentKey::MAX_LEN,
+                bytes.len()
+            ))
+        })?),
+    };
     Ok(AcceptedHello {
         protocol_version,
         name,
         agent_version,
         chunk_limit,
+        agent_key,
     })
 }
 
@@ -75,6 +96,8 @@ pub struct AcceptedWelcome {
     pub chunk_limit: usize,
     /// How long the relay waits for the agent to answer a dial notice.
     pub dial_timeout: Option<Duration>,
+    /// How often the relay wants a heartbeat.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 /// Judges the relay's `Welcome` on the agent's side.
@@ -90,14 +113,16 @@ pub fn accept_welcome(welcome: Welcome) -> Result<AcceptedWelcome, Error> {
         return Err(Error::protocol("the relay's welcome has no session id"));
     }
     let settings = welcome.settings.as_ref();
-    let dial_timeout = settings
-        .and_then(|s| s.dial_timeout)
-        .and_then(|d| Duration::try_from(d).ok());
+    let duration = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
+    let dial_timeout = duration(settings.and_then(|s| s.dial_timeout));
+    let heartbeat_interval =
+        duration(settings.and_then(|s| s.heartbeat_interval)).filter(|d| !d.is_zero());
     Ok(AcceptedWelcome {
         session_id: SessionId::from_wire(welcome.session_id),
         protocol_version: version,
         chunk_limit: chunk_limit(settings, "relay")?,
         dial_timeout,
+        heartbeat_interval,
     })
 }
 
@@ -126,9 +151,13 @@ mod tests {
         RemoteName::new("pi").unwrap()
     }
 
+    fn key() -> AgentKey {
+        AgentKey::from_bytes(&[9; 16]).unwrap()
+    }
+
     #[test]
     fn a_current_agent_is_accepted() {
-        let accepted = accept_hello(hello(&name(), "sesame/0.1.0", 65536)).unwrap();
+        let accepted = accept_hello(hello(&name(), "sesame/0.1.0", 65536, &key())).unwrap();
         assert_eq!(
             accepted,
             AcceptedHello {
@@ -136,13 +165,14 @@ mod tests {
                 name: name(),
                 agent_version: "sesame/0.1.0".into(),
                 chunk_limit: 65536,
+                agent_key: Some(key()),
             }
         );
     }
 
     #[test]
     fn a_newer_agent_speaks_the_relays_version() {
-        let mut newer = hello(&name(), "future", 65536);
+        let mut newer = hello(&name(), "future", 65536, &key());
         newer.protocol_version = PROTOCOL_VERSION + 5;
         assert_eq!(
             accept_hello(newer).unwrap().protocol_version,
@@ -152,7 +182,7 @@ mod tests {
 
     #[test]
     fn an_older_agent_is_told_to_upgrade() {
-        let mut old = hello(&name(), "old", 65536);
+        let mut old = hello(&name(), "old", 65536, &key());
         old.protocol_version = 0;
         let err = accept_hello(old).unwrap_err();
         assert!(err.to_string().contains("upgrade the agent"), "{err}");
@@ -161,10 +191,10 @@ mod tests {
 
     #[test]
     fn bad_names_and_tiny_chunks_are_refused() {
-        let mut bad = hello(&name(), "x", 65536);
+        let mut bad = hello(&name(), "x", 65536, &key());
         bad.remote = "pi".into();
         assert!(matches!(accept_hello(bad), Err(Error::InvalidName { .. })));
-        let tiny = hello(&name(), "x", 16);
+        let tiny = hello(&name(), "x", 16, &key());
         assert!(
             accept_hello(tiny)
                 .unwrap_err()
@@ -175,10 +205,10 @@ mod tests {
 
     #[test]
     fn unset_or_huge_chunk_limits_mean_the_ceiling() {
-        let mut unset = hello(&name(), "x", 0);
+        let mut unset = hello(&name(), "x", 0, &key());
         unset.settings = None;
         assert_eq!(accept_hello(unset).unwrap().chunk_limit, MAX_CHUNK_BYTES);
-        let huge = hello(&name(), "x", usize::MAX);
+        let huge = hello(&name(), "x", usize::MAX, &key());
         assert_eq!(accept_hello(huge).unwrap().chunk_limit, MAX_CHUNK_BYTES);
     }
 
@@ -188,6 +218,7 @@ mod tests {
             &name(),
             &format!("evil\n\x1b[31m{}", "v".repeat(100)),
             65536,
+            &key(),
         );
         let kept = accept_hello(noisy).unwrap().agent_version;
         assert!(kept.starts_with("evil[31m"), "{kept:?}");
@@ -206,12 +237,27 @@ mod tests {
                     seconds: 7,
                     nanos: 0,
                 }),
+                heartbeat_interval: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
             }),
         };
         let ok = accept_welcome(welcome(PROTOCOL_VERSION, "abc")).unwrap();
         assert_eq!(ok.dial_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(ok.heartbeat_interval, Some(Duration::from_secs(5)));
         assert_eq!(ok.chunk_limit, MAX_CHUNK_BYTES);
         assert!(accept_welcome(welcome(PROTOCOL_VERSION + 1, "abc")).is_err());
         assert!(accept_welcome(welcome(PROTOCOL_VERSION, "")).is_err());
+    }
+
+    #[test]
+    fn agent_keys_are_optional_but_must_be_long_enough() {
+        let mut keyless = hello(&name(), "x", 65536, &key());
+        keyless.agent_key = Default::default();
+        assert_eq!(accept_hello(keyless).unwrap().agent_key, None);
+        let mut short = hello(&name(), "x", 65536, &key());
+        short.agent_key = vec![1; 8].into();
+        assert!(matches!(accept_hello(short), Err(Error::Protocol { .. })));
     }
 }

@@ -17,7 +17,7 @@
 //! - [`handshake`]: the session handshake as pure functions.
 //! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
 //! - [`Error`]: typed errors that travel as gRPC statuses with a reason.
-//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`RelayUrl`], [`TransportSettings`]: the
+//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`AgentKey`], [`RelayUrl`], [`TransportSettings`]: the
 //!   small types the rest is built from.
 
 pub mod agent;
@@ -34,14 +34,14 @@ mod tcp;
 mod ticket;
 mod transport;
 
-pub use agent::{Event, Forward, Listener, Session, SessionBuilder, Stats, Target};
+pub use agent::{Event, Forward, Listener, Reconnect, Session, SessionBuilder, Stats, Target};
 pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
 pub use error::{ERROR_DOMAIN, Error, format_duration, io_reason, short_phrase};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
 pub use tcp::join_tcp;
-pub use ticket::{SessionId, Ticket};
+pub use ticket::{AgentKey, SessionId, Ticket};
 pub use transport::{DEFAULT_PORT, DEFAULT_RELAY, RelayUrl};
 
 /// Re-exported so that users of this crate name the same tonic and proto types.

@@ -45,11 +45,33 @@ pub struct TransportSettings {
     pub connect_timeout: Duration,
     /// How long to wait for the relay to answer a session's hello.
     pub handshake_timeout: Duration,
-    /// How often to ping the other side of an HTTP/2 connection, even when idle, so that a
-    /// peer that vanished (a lost link, a sleeping laptop) is noticed and its session ends.
+    /// How often to ping the other side of an HTTP/2 connection when nothing arrives from
+    /// it, even when idle, so that a peer that vanished (a lost link, a sleeping laptop) is
+    /// noticed and its session ends. Set it with
+    /// [`with_dead_peer_timeout`](Self::with_dead_peer_timeout).
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
+}
+
+impl TransportSettings {
+    /// The default bound on noticing a dead peer.
+    pub const DEFAULT_DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// Notices a dead peer within `timeout`: an HTTP/2 ping goes out after two thirds of it
+    /// without news from the peer, and may take the last third to be answered. An agent's
+    /// control-stream heartbeats follow the same bound.
+    pub fn with_dead_peer_timeout(mut self, timeout: Duration) -> Self {
+        let third = timeout / 3;
+        self.keepalive_interval = timeout - third;
+        self.keepalive_timeout = third;
+        self
+    }
+
+    /// How long a peer may stay silent before it is taken for dead.
+    pub fn dead_peer_timeout(&self) -> Duration {
+        self.keepalive_interval + self.keepalive_timeout
+    }
 }
 
 impl Default for TransportSettings {
@@ -62,9 +84,10 @@ impl Default for TransportSettings {
             write_buffer: 128 << 10,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(20),
-            keepalive_timeout: Duration::from_secs(20),
+            keepalive_interval: Duration::ZERO,
+            keepalive_timeout: Duration::ZERO,
         }
+        .with_dead_peer_timeout(Self::DEFAULT_DEAD_PEER_TIMEOUT)
     }
 }
 

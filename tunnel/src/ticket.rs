@@ -1,4 +1,4 @@
-//! Unguessable identifiers: dial tickets and session ids.
+//! Unguessable identifiers: dial tickets, session ids and agent keys.
 
 use std::fmt;
 
@@ -66,6 +66,59 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// A secret an agent draws once per run and presents on every session it opens: the relay
+/// gives the agent's name back to whoever presents the same key, ending the stale session
+/// that still holds it. 128 random bits when drawn; 16 to 64 bytes from the wire.
+///
+/// Compared in constant time; its `Debug` output is masked.
+#[derive(Clone)]
+pub struct AgentKey(Box<[u8]>);
+
+impl AgentKey {
+    /// The shortest key accepted from the wire, in bytes.
+    pub const MIN_LEN: usize = 16;
+    /// The longest key accepted from the wire, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Draws a new key.
+    pub fn generate() -> Self {
+        AgentKey(Box::new(random::<16>()))
+    }
+
+    /// Reads a key from the wire; `None` unless it is 16 to 64 bytes long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        (Self::MIN_LEN..=Self::MAX_LEN)
+            .contains(&bytes.len())
+            .then(|| AgentKey(bytes.into()))
+    }
+
+    /// The key's bytes, for the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq for AgentKey {
+    fn eq(&self, other: &Self) -> bool {
+        // Lengths are not secret; the bytes are compared without an early exit.
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for AgentKey {}
+
+impl fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AgentKey(..)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +138,19 @@ mod tests {
         assert_eq!(id.as_str().len(), 32);
         assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(id, SessionId::generate());
+    }
+
+    #[test]
+    fn agent_keys_compare_by_value_and_hide_themselves() {
+        let key = AgentKey::generate();
+        assert_eq!(AgentKey::from_bytes(key.as_bytes()), Some(key.clone()));
+        assert_ne!(key, AgentKey::generate());
+        assert_eq!(AgentKey::from_bytes(&[7; 15]), None);
+        assert_eq!(AgentKey::from_bytes(&[7; 65]), None);
+        assert_ne!(
+            AgentKey::from_bytes(&[7; 16]),
+            AgentKey::from_bytes(&[7; 17])
+        );
+        assert_eq!(format!("{key:?}"), "AgentKey(..)");
     }
 }

@@ -13,8 +13,11 @@ use tracing::{debug, warn};
 
 use crate::args::ConnectArgs;
 
-pub async fn run(relay: RelayUrl, args: ConnectArgs) -> anyhow::Result<()> {
-    let settings = TransportSettings::default();
+pub async fn run(
+    relay: RelayUrl,
+    args: ConnectArgs,
+    settings: TransportSettings,
+) -> anyhow::Result<()> {
     let channel = relay.connect(&settings).await?;
     let dialer = Dialer::new(channel.clone(), settings);
     if args.stdio {

@@ -3,12 +3,16 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, bail};
-use sesame_tunnel::{RelayUrl, RemoteName, Session};
+use sesame_tunnel::{RelayUrl, RemoteName, Session, TransportSettings};
 
 use crate::args::ExposeArgs;
 use crate::status;
 
-pub async fn run(relay: RelayUrl, args: ExposeArgs) -> anyhow::Result<()> {
+pub async fn run(
+    relay: RelayUrl,
+    args: ExposeArgs,
+    transport: TransportSettings,
+) -> anyhow::Result<()> {
     let mut seen = HashSet::new();
     if let Some(twice) = args.ports.iter().find(|spec| !seen.insert(spec.port)) {
         bail!("port {} is given twice", twice.port);
@@ -19,6 +23,7 @@ pub async fn run(relay: RelayUrl, args: ExposeArgs) -> anyhow::Result<()> {
     };
     let session = Session::builder(name.clone())
         .relay(relay.clone())
+        .transport(transport)
         .connect()
         .await?;
     let mut forwards = Vec::with_capacity(args.ports.len());

@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use sesame_relay::{Relay, RelayConfig};
+use sesame_tunnel::TransportSettings;
 use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::args::ServeArgs;
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -23,6 +24,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = RelayConfig::default();
     config.grace_period = args.grace;
     config.dial_timeout = args.dial_timeout;
+    config.transport = transport;
     Relay::builder()
         .config(config)
         .build()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::session::{Session, Shared};
+use super::session::{Link, Session, Shared};
 use crate::{Error, Ticket, format_duration, io_reason, join_tcp};
 
 /// A TCP address an agent forwards a port's connections to. The agent connects to nothing
@@ -95,25 +95,26 @@ impl Drop for Forward {
 /// directions have ended.
 pub(super) async fn serve(
     shared: Arc<Shared>,
+    link: Arc<Link>,
     ticket: Ticket,
     port: u16,
     peer: String,
     target: Target,
 ) {
-    let limit = shared.target_timeout();
+    let limit = link.target_timeout();
     let connect = TcpStream::connect((target.host.as_str(), target.port));
     let tcp = match tokio::time::timeout(limit, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
             let reason = format!("{target}: {}", io_reason(&error));
-            return shared.refuse(ticket, port, peer, Error::TargetRefused { reason });
+            return shared.refuse(&link, ticket, port, peer, Error::TargetRefused { reason });
         }
         Err(_) => {
             let reason = format!("{target}: no answer within {}", format_duration(limit));
-            return shared.refuse(ticket, port, peer, Error::TargetRefused { reason });
+            return shared.refuse(&link, ticket, port, peer, Error::TargetRefused { reason });
         }
     };
-    let conn = shared.accept(ticket, port, peer);
+    let conn = shared.accept(&link, ticket, port, peer);
     if let Err(error) = join_tcp(tcp, conn, &target.to_string()).await {
         debug!(port, %target, %error, "forwarded connection failed");
     }

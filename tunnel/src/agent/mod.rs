@@ -26,10 +26,12 @@
 mod forward;
 mod listener;
 mod observe;
+mod reconnect;
 mod session;
 
 pub use forward::{Forward, Target};
 pub use listener::Listener;
 pub(crate) use observe::ConnectionMeter;
 pub use observe::{Event, Stats};
+pub use reconnect::Reconnect;
 pub use session::{Session, SessionBuilder};

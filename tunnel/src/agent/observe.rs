@@ -59,11 +59,27 @@ pub enum Event {
         /// Why.
         error: String,
     },
-    /// The relay is going away; open connections may run for the grace period.
+    /// The relay is going away; open connections may run for the grace period. The session
+    /// reconnects, unless told not to.
     Draining {
         /// How long the relay lets open connections run.
         grace: Option<Duration>,
     },
+    /// The session lost its relay. Open connections may live on; new dials wait for the
+    /// session to reconnect.
+    Disconnected {
+        /// What happened.
+        reason: String,
+    },
+    /// The session tries to reach the relay again after `delay`.
+    Reconnecting {
+        /// How long until the attempt.
+        delay: Duration,
+        /// Why the previous attempt failed; `None` before the first one.
+        error: Option<String>,
+    },
+    /// The session is registered again and every port is exposed again.
+    Reconnected,
 }
 
 #[derive(Default)]

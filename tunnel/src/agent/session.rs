@@ -1,5 +1,5 @@
-//! [`Session`]: an agent's registration with a relay, its control stream, and the routing of
-//! dial notices to listeners and forwards.
+//! [`Session`]: an agent's registration with a relay, kept up across reconnects; its control
+//! stream and heartbeats; and the routing of dial notices to listeners and forwards.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,10 +9,11 @@ use futures_util::StreamExt;
 use sesame_proto::v1::tunnel_service_client::TunnelServiceClient;
 use sesame_proto::v1::{
     AcceptConnectionRequest, ConnectionTicket, DialFailure, DialNotice, ExposePort, ExposedPort,
-    OpenSessionRequest, OpenSessionResponse, UnexposePort, accept_connection_request,
+    Heartbeat, OpenSessionRequest, OpenSessionResponse, UnexposePort, accept_connection_request,
     open_session_request, open_session_response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
@@ -22,12 +23,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::forward::{self, Forward, Target};
 use super::listener::Listener;
 use super::observe::{Event, Observer, Stats};
+use super::reconnect::{Reconnect, is_permanent};
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
 use crate::handshake::{accept_welcome, hello};
 use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use crate::transport::DEFAULT_RELAY;
 use crate::{
-    Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings, format_duration,
+    AgentKey, Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings,
+    format_duration,
 };
 
 /// How many control messages may wait to be sent to the relay.
@@ -35,6 +38,9 @@ const CONTROL_QUEUE: usize = 256;
 
 /// How many accepted connections may wait for a listener to take them.
 const LISTENER_BACKLOG: usize = 128;
+
+/// The shortest heartbeat interval an agent keeps, whatever the relay asks.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long an agent waits for a target when the relay states no dial timeout.
 const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +54,7 @@ pub struct SessionBuilder {
     channel: Option<Channel>,
     agent_version: String,
     settings: TransportSettings,
+    reconnect: Option<Reconnect>,
 }
 
 impl SessionBuilder {
@@ -57,7 +64,8 @@ impl SessionBuilder {
         self
     }
 
-    /// An existing channel to the relay, used instead of connecting to an address.
+    /// An existing channel to the relay, used instead of connecting to an address, for the
+    /// first session and for every reconnect.
     pub fn channel(mut self, channel: Channel) -> Self {
         self.channel = Some(channel);
         self
@@ -69,87 +77,61 @@ impl SessionBuilder {
         self
     }
 
-    /// The transport tuning.
+    /// The transport tuning, including how soon a dead relay is noticed.
     pub fn transport(mut self, settings: TransportSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// How to reconnect after losing the relay; [`Reconnect::default`] unless set.
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = Some(reconnect);
+        self
+    }
+
+    /// Never reconnect: the session ends when its relay is lost.
+    pub fn no_reconnect(mut self) -> Self {
+        self.reconnect = None;
         self
     }
 
     /// Connects, registers the remote, and returns the open session.
     ///
     /// Fails with [`Error::NameInUse`] when another agent holds the name, and with
-    /// [`Error::RelayUnreachable`] when the relay cannot be reached.
+    /// [`Error::RelayUnreachable`] when the relay cannot be reached: the first connection
+    /// fails fast, so that a wrong address shows at once. Once connected, the session
+    /// reconnects by itself when it loses the relay, as configured with
+    /// [`reconnect`](Self::reconnect).
     pub async fn connect(self) -> Result<Session, Error> {
-        let relay = match &self.relay {
-            Some(relay) => relay.clone(),
+        let relay = match self.relay {
+            Some(relay) => relay,
             None => DEFAULT_RELAY
                 .parse()
                 .expect("the default relay address is valid"),
         };
-        let channel = match self.channel {
-            Some(channel) => channel,
-            None => relay.connect(&self.settings).await?,
-        };
-        let client = TunnelServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-
-        let (control, queue) = mpsc::channel(CONTROL_QUEUE);
-        let opening = hello(&self.name, &self.agent_version, MAX_CHUNK_BYTES);
-        control
-            .try_send(request(open_session_request::Message::Hello(opening)))
-            .expect("a new queue has room");
-        // Closing the session ends the control stream at once, whoever still holds a sender.
-        let shutdown = CancellationToken::new();
-        let requests = ReceiverStream::new(queue).take_until(shutdown.clone().cancelled_owned());
-
-        let handshake = async {
-            let mut responses = client.clone().open_session(requests).await?.into_inner();
-            let welcome = match responses.message().await? {
-                Some(OpenSessionResponse {
-                    message: Some(open_session_response::Message::Welcome(welcome)),
-                }) => welcome,
-                Some(_) => {
-                    return Err(Error::protocol(
-                        "the relay's first message was not a welcome",
-                    ));
-                }
-                None => {
-                    return Err(Error::protocol(
-                        "the relay ended the session during the handshake",
-                    ));
-                }
-            };
-            Ok::<_, Error>((accept_welcome(welcome)?, responses))
-        };
-        let timeout = self.settings.handshake_timeout;
-        let (welcome, responses) =
-            tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| Error::Timeout {
-                    what: "the session handshake",
-                    after: timeout,
-                })??;
-
         let shared = Arc::new(Shared {
-            id: welcome.session_id,
             name: self.name,
-            relay: relay.to_string(),
-            client,
-            control,
-            routes: Mutex::default(),
-            acks: Mutex::default(),
-            chunk_limit: welcome.chunk_limit,
-            target_timeout: target_timeout(welcome.dial_timeout),
+            relay,
+            channel: self.channel,
+            agent_key: AgentKey::generate(),
+            agent_version: self.agent_version,
             settings: self.settings,
+            reconnect: self.reconnect,
+            routing: Mutex::default(),
+            acks: Mutex::default(),
             observer: Observer::new(),
             closed: watch::channel(None).0,
-            shutdown: shutdown.clone(),
+            shutdown: CancellationToken::new(),
         });
-        let span = info_span!("session", remote = %shared.name, id = %shared.id);
-        tokio::spawn(run_control(shared.clone(), responses).instrument(span));
+        let (link, responses) = shared.open_link().await?;
+        lock(&shared.routing).link = Some(link.clone());
+        let span = info_span!("session", remote = %shared.name);
+        tokio::spawn(supervise(shared.clone(), link, responses).instrument(span));
+        let shutdown = shared.shutdown.clone().drop_guard();
         Ok(Session {
             handle: Arc::new(Handle {
                 shared,
-                _shutdown: shutdown.drop_guard(),
+                _shutdown: shutdown,
             }),
         })
     }
@@ -161,11 +143,13 @@ fn target_timeout(dial_timeout: Option<Duration>) -> Duration {
     dial_timeout.map_or(DEFAULT_TARGET_TIMEOUT, |relay| relay.mul_f32(0.9))
 }
 
-/// An agent's open session with a relay: its remote is registered for as long as the session
-/// lives.
+/// An agent's session with a relay: its remote is registered for as long as the session
+/// lives, across reconnects.
 ///
 /// Cheap to clone. The session stays open while any clone, [`Listener`] or [`Forward`] of it
-/// exists, until [`close`](Session::close) is called, or until the relay ends it.
+/// exists, until [`close`](Session::close) is called, or until the relay refuses it for good.
+/// When the relay is lost, the session reconnects by itself (unless told not to), registers
+/// the name again and exposes the same ports; listeners and forwards carry on unchanged.
 #[derive(Clone, Debug)]
 pub struct Session {
     handle: Arc<Handle>,
@@ -186,6 +170,7 @@ impl Session {
             channel: None,
             agent_version: concat!("sesame/", env!("CARGO_PKG_VERSION")).to_owned(),
             settings: TransportSettings::default(),
+            reconnect: Some(Reconnect::default()),
         }
     }
 
@@ -193,9 +178,12 @@ impl Session {
         &self.handle.shared
     }
 
-    /// The relay's id of this session.
-    pub fn id(&self) -> &SessionId {
-        &self.shared().id
+    /// The relay's id of the current session; `None` while the agent is reconnecting.
+    pub fn id(&self) -> Option<SessionId> {
+        lock(&self.shared().routing)
+            .link
+            .as_ref()
+            .map(|link| link.id.clone())
     }
 
     /// The remote's name.
@@ -204,7 +192,7 @@ impl Session {
     }
 
     /// The relay's address.
-    pub fn relay(&self) -> &str {
+    pub fn relay(&self) -> &RelayUrl {
         &self.shared().relay
     }
 
@@ -238,7 +226,7 @@ impl Session {
         self.shared().observer.subscribe()
     }
 
-    /// Waits until the session ends and says why.
+    /// Waits until the session ends for good and says why.
     pub async fn closed(&self) -> Error {
         let mut closed = self.shared().closed.subscribe();
         let reason = closed
@@ -262,20 +250,28 @@ enum Route {
     Forward(Target),
 }
 
+/// The exposed ports, and the link they are currently exposed on. One lock, so that a port
+/// exposed while the agent reconnects is either seen by the new link or sent on it.
+#[derive(Debug, Default)]
+struct Routing {
+    link: Option<Arc<Link>>,
+    routes: HashMap<u16, Route>,
+}
+
 /// The state a session's handles and its tasks share.
 #[derive(Debug)]
 pub(super) struct Shared {
-    id: SessionId,
     name: RemoteName,
-    relay: String,
-    client: TunnelServiceClient<Channel>,
-    control: mpsc::Sender<OpenSessionRequest>,
-    routes: Mutex<HashMap<u16, Route>>,
-    acks: Mutex<HashMap<u16, oneshot::Sender<()>>>,
-    /// The largest data payload the relay accepts.
-    chunk_limit: usize,
-    target_timeout: Duration,
+    relay: RelayUrl,
+    /// The channel given to the builder, reused by every link; `None` to dial `relay`.
+    channel: Option<Channel>,
+    agent_key: AgentKey,
+    agent_version: String,
     settings: TransportSettings,
+    reconnect: Option<Reconnect>,
+    routing: Mutex<Routing>,
+    /// Who waits for the relay to confirm a port.
+    acks: Mutex<HashMap<u16, Vec<oneshot::Sender<()>>>>,
     observer: Observer,
     /// Why the session ended, once it has.
     closed: watch::Sender<Option<String>>,
@@ -283,9 +279,53 @@ pub(super) struct Shared {
     shutdown: CancellationToken,
 }
 
-fn request(message: open_session_request::Message) -> OpenSessionRequest {
-    OpenSessionRequest {
-        message: Some(message),
+/// One registration with the relay: a control stream and what the relay said in its welcome.
+/// A session has one link at a time; a reconnect makes a new one. Connections accepted on a
+/// link keep using its channel, so they outlive a link lost only at the protocol level.
+#[derive(Debug)]
+pub(super) struct Link {
+    id: SessionId,
+    client: TunnelServiceClient<Channel>,
+    control: mpsc::Sender<OpenSessionRequest>,
+    /// The largest data payload the relay accepts.
+    chunk_limit: usize,
+    target_timeout: Duration,
+    heartbeat_interval: Duration,
+    /// Cancelled to end this link's control stream.
+    end: CancellationToken,
+}
+
+impl Link {
+    pub(super) fn target_timeout(&self) -> Duration {
+        self.target_timeout
+    }
+
+    /// Queues a control message for the relay without waiting; if the queue is full, a task
+    /// waits for room, so the message is never dropped while the link lives.
+    fn send_control(&self, message: open_session_request::Message) {
+        let message = OpenSessionRequest {
+            message: Some(message),
+        };
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.control.try_send(message) {
+            let control = self.control.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { control.send(message).await });
+            }
+        }
+    }
+
+    fn expose(&self, port: u16) {
+        self.send_control(open_session_request::Message::ExposePort(ExposePort {
+            port: Some(ExposedPort {
+                port: u32::from(port),
+            }),
+        }));
+    }
+
+    fn withdraw(&self, port: u16) {
+        self.send_control(open_session_request::Message::UnexposePort(UnexposePort {
+            port: u32::from(port),
+        }));
     }
 }
 
@@ -296,15 +336,87 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(super) fn target_timeout(&self) -> Duration {
-        self.target_timeout
-    }
-
     pub(super) fn close_reason(&self) -> String {
         self.closed
             .borrow()
             .clone()
             .unwrap_or_else(|| "the session is closing".to_owned())
+    }
+
+    /// Opens a link: connects (unless a channel was given), says hello, and waits for the
+    /// welcome.
+    async fn open_link(&self) -> Result<(Arc<Link>, Streaming<OpenSessionResponse>), Error> {
+        let channel = match &self.channel {
+            Some(channel) => channel.clone(),
+            None => self.relay.connect(&self.settings).await?,
+        };
+        let client = TunnelServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (control, queue) = mpsc::channel(CONTROL_QUEUE);
+        let opening = hello(
+            &self.name,
+            &self.agent_version,
+            MAX_CHUNK_BYTES,
+            &self.agent_key,
+        );
+        control
+            .try_send(OpenSessionRequest {
+                message: Some(open_session_request::Message::Hello(opening)),
+            })
+            .expect("a new queue has room");
+        // Ending the link ends the control stream at once, whoever still holds a sender.
+        let end = self.shutdown.child_token();
+        let requests = ReceiverStream::new(queue).take_until(end.clone().cancelled_owned());
+
+        let handshake = async {
+            let mut responses = client.clone().open_session(requests).await?.into_inner();
+            let welcome = match responses.message().await? {
+                Some(OpenSessionResponse {
+                    message: Some(open_session_response::Message::Welcome(welcome)),
+                }) => welcome,
+                Some(_) => {
+                    return Err(Error::protocol(
+                        "the relay's first message was not a welcome",
+                    ));
+                }
+                None => {
+                    return Err(Error::protocol(
+                        "the relay ended the session during the handshake",
+                    ));
+                }
+            };
+            Ok::<_, Error>((accept_welcome(welcome)?, responses))
+        };
+        let timeout = self.settings.handshake_timeout;
+        let outcome = tokio::time::timeout(timeout, handshake).await;
+        let (welcome, responses) = match outcome {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => {
+                end.cancel();
+                return Err(error);
+            }
+            Err(_) => {
+                end.cancel();
+                return Err(Error::Timeout {
+                    what: "the session handshake",
+                    after: timeout,
+                });
+            }
+        };
+        let own_bound = self.settings.dead_peer_timeout() / 3;
+        let link = Link {
+            id: welcome.session_id,
+            client,
+            control,
+            chunk_limit: welcome.chunk_limit,
+            target_timeout: target_timeout(welcome.dial_timeout),
+            heartbeat_interval: welcome
+                .heartbeat_interval
+                .map_or(own_bound, |relay| relay.min(own_bound))
+                .max(MIN_HEARTBEAT_INTERVAL),
+            end,
+        };
+        debug!(id = %link.id, "registered with the relay");
+        Ok((Arc::new(link), responses))
     }
 
     async fn expose(&self, port: u16, route: Route) -> Result<(), Error> {
@@ -315,33 +427,26 @@ impl Shared {
         }
         let (ack, acked) = oneshot::channel();
         {
-            let mut routes = lock(&self.routes);
+            let mut routing = lock(&self.routing);
             if self.closed.borrow().is_some() {
                 return Err(Error::SessionClosed {
                     reason: self.close_reason(),
                 });
             }
-            if routes.contains_key(&port) {
+            if routing.routes.contains_key(&port) {
                 return Err(Error::PortInUse { port });
             }
-            routes.insert(port, route);
-            lock(&self.acks).insert(port, ack);
+            routing.routes.insert(port, route);
+            lock(&self.acks).entry(port).or_default().push(ack);
+            // While the agent reconnects there is no link: the new one exposes the port.
+            if let Some(link) = &routing.link {
+                link.expose(port);
+            }
         }
-        let message = request(open_session_request::Message::ExposePort(ExposePort {
-            port: Some(ExposedPort {
-                port: u32::from(port),
-            }),
-        }));
-        let mut sent = false;
-        let confirmed = async {
-            self.control.send(message).await.ok()?;
-            sent = true;
-            acked.await.ok()
-        };
         let timeout = self.settings.handshake_timeout;
-        let outcome = match tokio::time::timeout(timeout, confirmed).await {
-            Ok(Some(())) => return Ok(()),
-            Ok(None) => Error::SessionClosed {
+        let outcome = match tokio::time::timeout(timeout, acked).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => Error::SessionClosed {
                 reason: self.close_reason(),
             },
             Err(_) => Error::Timeout {
@@ -349,43 +454,70 @@ impl Shared {
                 after: timeout,
             },
         };
-        lock(&self.routes).remove(&port);
-        lock(&self.acks).remove(&port);
-        if sent {
-            // The relay may yet expose the port: take it back.
-            self.withdraw(port);
-        }
+        // The relay may yet expose the port: take it back.
+        self.unexpose(port);
         Err(outcome)
     }
 
     pub(super) fn unexpose(&self, port: u16) {
-        if lock(&self.routes).remove(&port).is_some() {
-            self.withdraw(port);
+        let routing = &mut *lock(&self.routing);
+        if routing.routes.remove(&port).is_some()
+            && let Some(link) = &routing.link
+        {
+            link.withdraw(port);
         }
     }
 
-    /// Tells the relay that `port` is no longer exposed.
-    fn withdraw(&self, port: u16) {
-        self.send_control(request(open_session_request::Message::UnexposePort(
-            UnexposePort {
-                port: u32::from(port),
-            },
-        )));
+    /// Makes `link` the session's link and exposes every port on it. Returns what confirms
+    /// them.
+    fn install(&self, link: &Arc<Link>) -> Vec<oneshot::Receiver<()>> {
+        let mut routing = lock(&self.routing);
+        routing.link = Some(link.clone());
+        let mut acks = lock(&self.acks);
+        routing
+            .routes
+            .keys()
+            .map(|&port| {
+                let (ack, acked) = oneshot::channel();
+                acks.entry(port).or_default().push(ack);
+                link.expose(port);
+                acked
+            })
+            .collect()
     }
 
-    /// Accepts a dial: opens its data stream, presenting the ticket. The call runs in its own
-    /// task, so the connection can be written to before the relay's answer arrives.
-    pub(super) fn accept(&self, ticket: Ticket, port: u16, peer: String) -> Connection {
+    /// Forgets `link` if it is still the session's link.
+    fn uninstall(&self, link: &Arc<Link>) {
+        let mut routing = lock(&self.routing);
+        if routing
+            .link
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, link))
+        {
+            routing.link = None;
+        }
+    }
+
+    /// Accepts a dial: opens its data stream on the link the notice came on, presenting the
+    /// ticket. The call runs in its own task, so the connection can be written to before the
+    /// relay's answer arrives.
+    pub(super) fn accept(
+        &self,
+        link: &Link,
+        ticket: Ticket,
+        port: u16,
+        peer: String,
+    ) -> Connection {
         let opening = AcceptConnectionRequest {
             message: Some(accept_connection_request::Message::Ticket(
                 ConnectionTicket {
-                    session_id: self.id.to_string(),
+                    session_id: link.id.to_string(),
                     ticket: ticket.as_bytes().to_vec().into(),
                 },
             )),
         };
-        let (writer, requests) = outbound(opening, &self.settings, self.chunk_limit);
-        let mut client = self.client.clone();
+        let (writer, requests) = outbound(opening, &self.settings, link.chunk_limit);
+        let mut client = link.client.clone();
         let call = tokio::spawn(async move { client.accept_connection(requests).await });
         let info = ConnectionInfo::new(self.name.clone(), port, Some(peer.clone()));
         let meter = self.observer.opened(port, peer);
@@ -393,73 +525,79 @@ impl Shared {
     }
 
     /// Tells the relay that a dial cannot be served, and why.
-    pub(super) fn refuse(&self, ticket: Ticket, port: u16, peer: String, error: Error) {
+    pub(super) fn refuse(
+        &self,
+        link: &Link,
+        ticket: Ticket,
+        port: u16,
+        peer: String,
+        error: Error,
+    ) {
         debug!(port, %peer, %error, "refusing a dial");
         let failure = DialFailure {
             ticket: ticket.as_bytes().to_vec().into(),
             status: Some(error.to_rpc_status()),
         };
         self.observer.dial_failed(port, peer, error.to_string());
-        self.send_control(request(open_session_request::Message::DialFailure(failure)));
+        link.send_control(open_session_request::Message::DialFailure(failure));
     }
 
-    /// Queues a control message for the relay without waiting; if the queue is full, a task
-    /// waits for room, so the message is never dropped while the session lives.
-    fn send_control(&self, message: OpenSessionRequest) {
-        if let Err(mpsc::error::TrySendError::Full(message)) = self.control.try_send(message) {
-            let control = self.control.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { control.send(message).await });
-            }
-        }
-    }
-
-    fn dispatch(self: &Arc<Self>, notice: DialNotice) -> Result<(), Error> {
+    fn dispatch(self: &Arc<Self>, link: &Arc<Link>, notice: DialNotice) -> Result<(), Error> {
         let ticket = Ticket::from_bytes(&notice.ticket)
             .ok_or_else(|| Error::protocol("a dial notice carried a malformed ticket"))?;
         let peer = notice.dialer;
         let Ok(port) = u16::try_from(notice.port) else {
             return Err(Error::protocol("a dial notice named a port above 65535"));
         };
-        let route = lock(&self.routes).get(&port).cloned();
+        let route = lock(&self.routing).routes.get(&port).cloned();
         match route {
             None => {
                 let name = self.name.to_string();
-                self.refuse(ticket, port, peer, Error::PortNotExposed { name, port });
+                self.refuse(
+                    link,
+                    ticket,
+                    port,
+                    peer,
+                    Error::PortNotExposed { name, port },
+                );
             }
             Some(Route::Listener(sender)) => match sender.try_reserve() {
-                Ok(permit) => permit.send(self.accept(ticket, port, peer)),
+                Ok(permit) => permit.send(self.accept(link, ticket, port, peer)),
                 Err(_) => {
                     let busy = Status::unavailable(format!(
                         "port {port}'s listener is not taking connections"
                     ));
-                    self.refuse(ticket, port, peer, Error::Status(busy));
+                    self.refuse(link, ticket, port, peer, Error::Status(busy));
                 }
             },
             Some(Route::Forward(target)) => {
-                tokio::spawn(forward::serve(self.clone(), ticket, port, peer, target));
+                let (shared, link) = (self.clone(), link.clone());
+                tokio::spawn(forward::serve(shared, link, ticket, port, peer, target));
             }
         }
         Ok(())
     }
 
-    fn handle(self: &Arc<Self>, message: OpenSessionResponse) -> Result<(), Error> {
+    fn handle(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        message: OpenSessionResponse,
+    ) -> Result<(), Error> {
         use open_session_response::Message;
         match message.message {
-            Some(Message::DialNotice(notice)) => self.dispatch(notice)?,
+            Some(Message::DialNotice(notice)) => self.dispatch(link, notice)?,
             Some(Message::PortExposed(exposed)) => {
                 let port = exposed.port.map_or(0, |p| p.port);
-                let ack = u16::try_from(port)
+                let waiting = u16::try_from(port)
                     .ok()
-                    .and_then(|port| lock(&self.acks).remove(&port));
-                match ack {
-                    Some(ack) => {
-                        let _ = ack.send(());
-                    }
-                    None => warn!(
-                        port,
-                        "the relay confirmed a port that was not being exposed"
-                    ),
+                    .and_then(|port| lock(&self.acks).remove(&port))
+                    .unwrap_or_default();
+                if waiting.is_empty() {
+                    // Exposed twice while reconnecting: the first confirmation answered both.
+                    debug!(port, "the relay confirmed a port nobody waits for");
+                }
+                for ack in waiting {
+                    let _ = ack.send(());
                 }
             }
             Some(Message::Drain(drain)) => {
@@ -470,38 +608,147 @@ impl Shared {
                 }
                 self.observer.emit(Event::Draining { grace });
             }
+            Some(Message::Heartbeat(_)) => {}
             Some(Message::Welcome(_)) => return Err(Error::protocol("a second welcome")),
             None => return Err(Error::protocol("an empty control message")),
         }
         Ok(())
     }
 
-    /// Marks the session closed: listeners end, pending exposes fail.
+    /// Marks the session closed for good: listeners end, pending exposes fail.
     fn close(&self, reason: String) {
-        lock(&self.routes).clear();
+        {
+            let mut routing = lock(&self.routing);
+            routing.routes.clear();
+            if let Some(link) = routing.link.take() {
+                link.end.cancel();
+            }
+        }
         lock(&self.acks).clear();
         self.closed.send_replace(Some(reason));
     }
 }
 
-/// Reads the relay's control messages until the session ends, from either side.
-async fn run_control(shared: Arc<Shared>, mut responses: Streaming<OpenSessionResponse>) {
-    let reason = loop {
-        let message = tokio::select! {
-            _ = shared.shutdown.cancelled() => break "the agent closed the session".to_owned(),
-            message = responses.message() => message,
+/// How one link ended.
+enum LinkEnd {
+    /// The agent closed the session.
+    Closed,
+    /// The relay was lost, or ended the session for a reason that may pass.
+    Lost(Error),
+}
+
+/// Runs the session: each link until it ends, then reconnects with backoff, until the agent
+/// closes the session or the relay refuses it for good.
+async fn supervise(
+    shared: Arc<Shared>,
+    mut link: Arc<Link>,
+    mut responses: Streaming<OpenSessionResponse>,
+) {
+    let mut failures = 0;
+    let reason = 'session: loop {
+        let started = Instant::now();
+        let end = run_link(&shared, &link, responses).await;
+        link.end.cancel();
+        shared.uninstall(&link);
+        let error = match end {
+            LinkEnd::Closed => break "the agent closed the session".to_owned(),
+            LinkEnd::Lost(error) => error,
         };
-        match message {
-            Ok(Some(message)) => {
-                if let Err(error) = shared.handle(message) {
-                    warn!(%error, "ending the session");
-                    break error.to_string();
+        let Some(policy) = shared.reconnect.clone() else {
+            break error.to_string();
+        };
+        if is_permanent(&error) {
+            break error.to_string();
+        }
+        warn!(%error, "lost the relay");
+        shared.observer.emit(Event::Disconnected {
+            reason: error.to_string(),
+        });
+        if started.elapsed() >= policy.max_delay {
+            failures = 0;
+        }
+        let mut last_error = None;
+        (link, responses) = loop {
+            let delay = policy.delay(failures, Reconnect::jitter());
+            failures = failures.saturating_add(1);
+            shared.observer.emit(Event::Reconnecting {
+                delay,
+                error: last_error.take(),
+            });
+            let attempt = async {
+                tokio::time::sleep(delay).await;
+                shared.open_link().await
+            };
+            let outcome = tokio::select! {
+                () = shared.shutdown.cancelled() => break 'session "the agent closed the session".to_owned(),
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(opened) => break opened,
+                Err(error) if is_permanent(&error) => break 'session error.to_string(),
+                Err(error) => {
+                    debug!(%error, "reconnecting failed");
+                    last_error = Some(error.to_string());
                 }
             }
-            Ok(None) => break "the relay ended the session".to_owned(),
-            Err(status) => break Error::from_status(status).to_string(),
-        }
+        };
+        let confirmations = shared.install(&link);
+        let observer = shared.observer.clone();
+        let timeout = shared.settings.handshake_timeout;
+        tokio::spawn(async move {
+            let confirmed = futures_util::future::join_all(confirmations);
+            if tokio::time::timeout(timeout, confirmed).await.is_ok() {
+                info!("reconnected to the relay");
+                observer.emit(Event::Reconnected);
+            }
+        });
     };
     debug!(%reason, "session closed");
     shared.close(reason);
+}
+
+/// Reads one link's control messages and sends its heartbeats, until the link ends.
+async fn run_link(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    mut responses: Streaming<OpenSessionResponse>,
+) -> LinkEnd {
+    let silence = shared.settings.dead_peer_timeout();
+    let mut heartbeats = tokio::time::interval_at(
+        Instant::now() + link.heartbeat_interval,
+        link.heartbeat_interval,
+    );
+    heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sequence = 0;
+    let quiet = tokio::time::sleep(silence);
+    tokio::pin!(quiet);
+    loop {
+        let message = tokio::select! {
+            () = shared.shutdown.cancelled() => return LinkEnd::Closed,
+            () = &mut quiet => {
+                return LinkEnd::Lost(Error::Timeout { what: "waiting to hear from the relay", after: silence });
+            }
+            _ = heartbeats.tick() => {
+                sequence += 1;
+                link.send_control(open_session_request::Message::Heartbeat(Heartbeat { sequence }));
+                continue;
+            }
+            message = responses.message() => message,
+        };
+        quiet.as_mut().reset(Instant::now() + silence);
+        match message {
+            Ok(Some(message)) => {
+                if let Err(error) = shared.handle(link, message) {
+                    warn!(%error, "ending the session");
+                    return LinkEnd::Lost(error);
+                }
+            }
+            Ok(None) => {
+                return LinkEnd::Lost(Error::SessionClosed {
+                    reason: "the relay ended the session".to_owned(),
+                });
+            }
+            Err(status) => return LinkEnd::Lost(Error::from_status(status)),
+        }
+    }
 }
