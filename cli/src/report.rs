@@ -2,22 +2,11 @@
 
 use std::io;
 
-use sesame_tunnel::{Error, short_phrase};
+use sesame_tunnel::Error;
 
 /// The error as one line: what failed, then its root cause, if it adds anything.
 pub fn one_line(error: &anyhow::Error) -> String {
-    let first = error.to_string();
-    let root = error.root_cause().to_string();
-    if error.chain().count() == 1 || first.contains(&root) {
-        return first;
-    }
-    format!("{first}: {}", short_cause(&root))
-}
-
-/// A cause as a short lowercase phrase: `connection refused`, not
-/// `tcp connect error: Connection refused (os error 111)`.
-fn short_cause(cause: &str) -> String {
-    short_phrase(cause.rsplit(": ").next().unwrap_or(cause))
+    sesame_tunnel::one_line(error.as_ref())
 }
 
 /// What the user might do about `error`, if there is something to suggest.
@@ -85,9 +74,13 @@ mod tests {
 
     #[test]
     fn causes_read_as_short_phrases() {
+        let refused = std::io::Error::other("tcp connect error: Connection refused (os error 111)");
+        let error = Err::<(), _>(refused)
+            .context("cannot reach relay at http://127.0.0.1:1")
+            .unwrap_err();
         assert_eq!(
-            short_cause("tcp connect error: Connection refused (os error 111)"),
-            "connection refused"
+            one_line(&error),
+            "cannot reach relay at http://127.0.0.1:1: connection refused"
         );
     }
 }

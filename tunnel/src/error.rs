@@ -309,6 +309,38 @@ pub fn short_phrase(message: &str) -> String {
     }
 }
 
+/// An error as one line: what failed, then its root cause as a short phrase when that adds
+/// something: `cannot reach relay at http://relay:7373: connection refused`.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let first = error.to_string();
+    let root = root_cause(error).to_string();
+    if first.contains(&root) {
+        return first;
+    }
+    format!("{first}: {}", short_cause(&root))
+}
+
+/// The innermost cause of `error` as a short phrase: `connection refused`, not
+/// `tcp connect error: Connection refused (os error 111)`.
+pub fn root_cause_phrase(error: &(dyn std::error::Error + 'static)) -> String {
+    short_cause(&root_cause(error).to_string())
+}
+
+fn root_cause<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut root = error;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    root
+}
+
+/// The last part of a nested message (`a: b: cause`) as a short phrase.
+fn short_cause(cause: &str) -> String {
+    short_phrase(cause.rsplit(": ").next().unwrap_or(cause))
+}
+
 /// Formats a duration the way people say it: `10s`, `1.5s`, `250ms`.
 pub fn format_duration(duration: Duration) -> String {
     if duration >= Duration::from_secs(1) {

@@ -37,7 +37,9 @@ mod transport;
 pub use agent::{Event, Forward, Listener, Reconnect, Session, SessionBuilder, Stats, Target};
 pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
-pub use error::{ERROR_DOMAIN, Error, format_duration, io_reason, short_phrase};
+pub use error::{
+    ERROR_DOMAIN, Error, format_duration, io_reason, one_line, root_cause_phrase, short_phrase,
+};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
 pub use tcp::join_tcp;

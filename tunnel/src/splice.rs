@@ -260,6 +260,11 @@ where
                         Some(Err(status)) => {
                             let to_sink = match status.code() {
                                 Code::Cancelled => format!("the {source} reset the connection"),
+                                // A source means the transport broke, not the peer's words.
+                                _ if std::error::Error::source(&status).is_some() => format!(
+                                    "the {source}'s connection broke ({})",
+                                    crate::root_cause_phrase(&status)
+                                ),
                                 _ => format!("the {source}'s stream failed: {}", status.message()),
                             };
                             return Poll::Ready(Some(Err(

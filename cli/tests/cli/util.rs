@@ -250,8 +250,12 @@ pub struct Relay {
 
 impl Relay {
     pub fn start() -> Relay {
-        let mut proc =
-            Proc::sesame(&["relay", "serve", "--listen", "127.0.0.1:0", "--grace", "2s"]);
+        Relay::start_on("127.0.0.1:0")
+    }
+
+    /// A relay on `addr`: the address of one that has stopped, to stand in for it.
+    pub fn start_on(addr: &str) -> Relay {
+        let mut proc = Proc::sesame(&["relay", "serve", "--listen", addr, "--grace", "2s"]);
         let line = proc.wait_for(|line| line.starts_with("relay listening on "));
         let addr = line.trim_start_matches("relay listening on ").to_owned();
         Relay {
@@ -284,6 +288,40 @@ impl Relay {
             proc.wait_for(|line| line.contains("reach it with:"));
         }
         proc
+    }
+}
+
+/// A TCP service on an ephemeral port that writes `tick N` lines to each client, one every
+/// 20 ms, until the client goes away: a transfer that is always in progress.
+pub struct Ticker {
+    pub _proc: Proc,
+    pub port: u16,
+}
+
+impl Ticker {
+    pub fn start() -> Ticker {
+        require("python3");
+        const SCRIPT: &str = r#"
+import socket, sys, threading, time
+def tick(conn):
+    with conn:
+        for n in range(1_000_000):
+            try:
+                conn.sendall(b"tick %d\n" % n)
+            except OSError:
+                return
+            time.sleep(0.02)
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=tick, args=(conn,), daemon=True).start()
+"#;
+        let mut command = Command::new("python3");
+        command.args(["-u", "-c", SCRIPT]);
+        let mut proc = Proc::start(command);
+        let port = proc.wait_for(|_| true).trim().parse().expect("a port");
+        Ticker { _proc: proc, port }
     }
 }
 

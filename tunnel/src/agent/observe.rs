@@ -68,14 +68,16 @@ pub enum Event {
     /// The session lost its relay. Open connections may live on; new dials wait for the
     /// session to reconnect.
     Disconnected {
-        /// What happened.
+        /// What happened, as a short phrase: `the connection broke (connection reset by
+        /// peer)`, `the relay is shutting down`.
         reason: String,
     },
     /// The session tries to reach the relay again after `delay`.
     Reconnecting {
         /// How long until the attempt.
         delay: Duration,
-        /// Why the previous attempt failed; `None` before the first one.
+        /// Why the previous attempt failed, as a short phrase (`connection refused`); `None`
+        /// before the first attempt.
         error: Option<String>,
     },
     /// The session is registered again and every port is exposed again.

@@ -26,7 +26,7 @@ impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
             initial_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(15),
         }
     }
 }
@@ -90,6 +90,7 @@ mod tests {
             full,
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
+        assert_eq!(Reconnect::default().max_delay, Duration::from_secs(15));
         assert_eq!(policy.delay(3, 0.0), Duration::from_secs(2));
         assert_eq!(policy.delay(u32::MAX, 0.5), Duration::from_millis(22_500));
         let jitter = Reconnect::jitter();

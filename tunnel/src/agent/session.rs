@@ -12,6 +12,7 @@ use sesame_proto::v1::{
     Heartbeat, OpenSessionRequest, OpenSessionResponse, UnexposePort, accept_connection_request,
     open_session_request, open_session_response,
 };
+use std::error::Error as _;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +31,7 @@ use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use crate::transport::DEFAULT_RELAY;
 use crate::{
     AgentKey, Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings,
-    format_duration,
+    format_duration, one_line, root_cause_phrase,
 };
 
 /// How many control messages may wait to be sent to the relay.
@@ -655,15 +656,17 @@ async fn supervise(
             LinkEnd::Lost(error) => error,
         };
         let Some(policy) = shared.reconnect.clone() else {
-            break error.to_string();
+            break one_line(&error);
         };
         if is_permanent(&error) {
-            break error.to_string();
+            break one_line(&error);
         }
-        warn!(%error, "lost the relay");
-        shared.observer.emit(Event::Disconnected {
-            reason: error.to_string(),
-        });
+        let reason = match error {
+            Error::SessionClosed { reason } => reason,
+            other => other.to_string(),
+        };
+        info!(%reason, "lost the relay");
+        shared.observer.emit(Event::Disconnected { reason });
         if started.elapsed() >= policy.max_delay {
             failures = 0;
         }
@@ -685,10 +688,13 @@ async fn supervise(
             };
             match outcome {
                 Ok(opened) => break opened,
-                Err(error) if is_permanent(&error) => break 'session error.to_string(),
+                Err(error) if is_permanent(&error) => break 'session one_line(&error),
                 Err(error) => {
                     debug!(%error, "reconnecting failed");
-                    last_error = Some(error.to_string());
+                    last_error = Some(match &error {
+                        Error::RelayUnreachable { .. } => root_cause_phrase(&error),
+                        other => other.to_string(),
+                    });
                 }
             }
         };
@@ -726,7 +732,8 @@ async fn run_link(
         let message = tokio::select! {
             () = shared.shutdown.cancelled() => return LinkEnd::Closed,
             () = &mut quiet => {
-                return LinkEnd::Lost(Error::Timeout { what: "waiting to hear from the relay", after: silence });
+                let reason = format!("no word from the relay for {}", format_duration(silence));
+                return LinkEnd::Lost(Error::SessionClosed { reason });
             }
             _ = heartbeats.tick() => {
                 sequence += 1;
@@ -747,6 +754,11 @@ async fn run_link(
                 return LinkEnd::Lost(Error::SessionClosed {
                     reason: "the relay ended the session".to_owned(),
                 });
+            }
+            // A status with a source was not sent by the relay: the connection broke.
+            Err(status) if status.source().is_some() => {
+                let reason = format!("the connection broke ({})", root_cause_phrase(&status));
+                return LinkEnd::Lost(Error::SessionClosed { reason });
             }
             Err(status) => return LinkEnd::Lost(Error::from_status(status)),
         }
