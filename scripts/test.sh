@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check and every test of the workspace. Installs what the tests need when it is
-# missing: curl, python3 and kill (Debian packages), buf (npm's @bufbuild/buf, into
-# target/tools).
+# Runs every check and every test of the workspace, then the NAT test in network namespaces
+# (where it can make them). Installs what the tests need when it is missing: curl, python3 and
+# kill (Debian packages), buf (npm's @bufbuild/buf, into target/tools); the NAT test installs
+# its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -17,3 +18,5 @@ echo "== cargo doc" >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test" >&2
 cargo test --workspace --locked
+echo "== NAT test in network namespaces" >&2
+SESAME_BIN=target/debug/sesame scripts/test-nat.sh
