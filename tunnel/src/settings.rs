@@ -99,3 +99,19 @@ pub(crate) fn announced_chunk_limit(announced: u32) -> usize {
         n => n.min(MAX_CHUNK_BYTES),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_peer_is_noticed_within_the_timeout_by_default() {
+        let settings = TransportSettings::default();
+        assert_eq!(settings.dead_peer_timeout(), Duration::from_secs(15));
+        assert_eq!(settings.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(settings.keepalive_timeout, Duration::from_secs(5));
+        let quick = settings.with_dead_peer_timeout(Duration::from_millis(900));
+        assert_eq!(quick.keepalive_interval, Duration::from_millis(600));
+        assert_eq!(quick.dead_peer_timeout(), Duration::from_millis(900));
+    }
+}

@@ -158,6 +158,11 @@ fn invalid_ports_names_and_addresses_are_usage_errors() {
             vec!["--relay", "relay:99999", "ls"],
             "the port must be a number",
         ),
+        (
+            vec!["--keepalive", "10ms", "ls"],
+            "the keepalive must be at least 300ms",
+        ),
+        (vec!["--keepalive", "soon", "ls"], "'soon' for '--keepalive"),
     ] {
         let output = sesame_run(&args);
         let stderr = text(&output.stderr);
