@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::session::{Link, Session, Shared};
+use super::link::Link;
+use super::session::{Session, Shared};
 use crate::{Error, Ticket, format_duration, io_reason, join_tcp};
 
 /// A TCP address an agent forwards a port's connections to. The agent connects to nothing

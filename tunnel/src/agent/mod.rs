@@ -24,10 +24,12 @@
 //! ```
 
 mod forward;
+mod link;
 mod listener;
 mod observe;
 mod reconnect;
 mod session;
+mod supervisor;
 
 pub use forward::{Forward, Target};
 pub use listener::Listener;

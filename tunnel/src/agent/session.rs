@@ -5,46 +5,31 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use sesame_proto::v1::tunnel_service_client::TunnelServiceClient;
 use sesame_proto::v1::{
-    AcceptConnectionRequest, ConnectionTicket, DialFailure, DialNotice, ExposePort, ExposedPort,
-    Heartbeat, OpenSessionRequest, OpenSessionResponse, UnexposePort, accept_connection_request,
-    open_session_request, open_session_response,
+    AcceptConnectionRequest, ConnectionTicket, DialFailure, DialNotice, OpenSessionResponse,
+    accept_connection_request, open_session_request, open_session_response,
 };
-use std::error::Error as _;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Status, Streaming};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::forward::{self, Forward, Target};
+use super::link::{Link, Registration};
 use super::listener::Listener;
 use super::observe::{Event, Observer, Stats};
-use super::reconnect::{Reconnect, is_permanent};
+use super::reconnect::Reconnect;
+use super::supervisor::supervise;
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
-use crate::handshake::{accept_welcome, hello};
-use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use crate::transport::DEFAULT_RELAY;
 use crate::{
     AgentKey, Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings,
-    format_duration, one_line, root_cause_phrase,
+    format_duration,
 };
-
-/// How many control messages may wait to be sent to the relay.
-const CONTROL_QUEUE: usize = 256;
 
 /// How many accepted connections may wait for a listener to take them.
 const LISTENER_BACKLOG: usize = 128;
-
-/// The shortest heartbeat interval an agent keeps, whatever the relay asks.
-const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How long an agent waits for a target when the relay states no dial timeout.
-const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configures and opens a [`Session`].
 #[derive(Debug)]
@@ -111,12 +96,14 @@ impl SessionBuilder {
                 .expect("the default relay address is valid"),
         };
         let shared = Arc::new(Shared {
-            name: self.name,
-            relay,
-            channel: self.channel,
-            agent_key: AgentKey::generate(),
-            agent_version: self.agent_version,
-            settings: self.settings,
+            registration: Registration {
+                name: self.name,
+                relay,
+                channel: self.channel,
+                agent_key: AgentKey::generate(),
+                agent_version: self.agent_version,
+                settings: self.settings,
+            },
             reconnect: self.reconnect,
             routing: Mutex::default(),
             acks: Mutex::default(),
@@ -124,9 +111,9 @@ impl SessionBuilder {
             closed: watch::channel(None).0,
             shutdown: CancellationToken::new(),
         });
-        let (link, responses) = shared.open_link().await?;
+        let (link, responses) = shared.registration.open(&shared.shutdown).await?;
         lock(&shared.routing).link = Some(link.clone());
-        let span = info_span!("session", remote = %shared.name);
+        let span = info_span!("session", remote = %shared.registration.name);
         tokio::spawn(supervise(shared.clone(), link, responses).instrument(span));
         let shutdown = shared.shutdown.clone().drop_guard();
         Ok(Session {
@@ -136,12 +123,6 @@ impl SessionBuilder {
             }),
         })
     }
-}
-
-/// How long to wait for a target: a little less than the relay waits for the agent, so the
-/// dialer hears "target refused" rather than a timeout.
-fn target_timeout(dial_timeout: Option<Duration>) -> Duration {
-    dial_timeout.map_or(DEFAULT_TARGET_TIMEOUT, |relay| relay.mul_f32(0.9))
 }
 
 /// An agent's session with a relay: its remote is registered for as long as the session
@@ -189,12 +170,12 @@ impl Session {
 
     /// The remote's name.
     pub fn name(&self) -> &RemoteName {
-        &self.shared().name
+        &self.shared().registration.name
     }
 
     /// The relay's address.
     pub fn relay(&self) -> &RelayUrl {
-        &self.shared().relay
+        &self.shared().registration.relay
     }
 
     /// Exposes `port` and returns the stream of connections dialed to it.
@@ -262,72 +243,17 @@ struct Routing {
 /// The state a session's handles and its tasks share.
 #[derive(Debug)]
 pub(super) struct Shared {
-    name: RemoteName,
-    relay: RelayUrl,
-    /// The channel given to the builder, reused by every link; `None` to dial `relay`.
-    channel: Option<Channel>,
-    agent_key: AgentKey,
-    agent_version: String,
-    settings: TransportSettings,
-    reconnect: Option<Reconnect>,
+    pub(super) registration: Registration,
+    /// How to reconnect; `None` to end the session when its link is lost.
+    pub(super) reconnect: Option<Reconnect>,
     routing: Mutex<Routing>,
     /// Who waits for the relay to confirm a port.
     acks: Mutex<HashMap<u16, Vec<oneshot::Sender<()>>>>,
-    observer: Observer,
+    pub(super) observer: Observer,
     /// Why the session ended, once it has.
     closed: watch::Sender<Option<String>>,
     /// Cancelled to end the session from the agent's side.
-    shutdown: CancellationToken,
-}
-
-/// One registration with the relay: a control stream and what the relay said in its welcome.
-/// A session has one link at a time; a reconnect makes a new one. Connections accepted on a
-/// link keep using its channel, so they outlive a link lost only at the protocol level.
-#[derive(Debug)]
-pub(super) struct Link {
-    id: SessionId,
-    client: TunnelServiceClient<Channel>,
-    control: mpsc::Sender<OpenSessionRequest>,
-    /// The largest data payload the relay accepts.
-    chunk_limit: usize,
-    target_timeout: Duration,
-    heartbeat_interval: Duration,
-    /// Cancelled to end this link's control stream.
-    end: CancellationToken,
-}
-
-impl Link {
-    pub(super) fn target_timeout(&self) -> Duration {
-        self.target_timeout
-    }
-
-    /// Queues a control message for the relay without waiting; if the queue is full, a task
-    /// waits for room, so the message is never dropped while the link lives.
-    fn send_control(&self, message: open_session_request::Message) {
-        let message = OpenSessionRequest {
-            message: Some(message),
-        };
-        if let Err(mpsc::error::TrySendError::Full(message)) = self.control.try_send(message) {
-            let control = self.control.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { control.send(message).await });
-            }
-        }
-    }
-
-    fn expose(&self, port: u16) {
-        self.send_control(open_session_request::Message::ExposePort(ExposePort {
-            port: Some(ExposedPort {
-                port: u32::from(port),
-            }),
-        }));
-    }
-
-    fn withdraw(&self, port: u16) {
-        self.send_control(open_session_request::Message::UnexposePort(UnexposePort {
-            port: u32::from(port),
-        }));
-    }
+    pub(super) shutdown: CancellationToken,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,82 +268,6 @@ impl Shared {
             .borrow()
             .clone()
             .unwrap_or_else(|| "the session is closing".to_owned())
-    }
-
-    /// Opens a link: connects (unless a channel was given), says hello, and waits for the
-    /// welcome.
-    async fn open_link(&self) -> Result<(Arc<Link>, Streaming<OpenSessionResponse>), Error> {
-        let channel = match &self.channel {
-            Some(channel) => channel.clone(),
-            None => self.relay.connect(&self.settings).await?,
-        };
-        let client = TunnelServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let (control, queue) = mpsc::channel(CONTROL_QUEUE);
-        let opening = hello(
-            &self.name,
-            &self.agent_version,
-            MAX_CHUNK_BYTES,
-            &self.agent_key,
-        );
-        control
-            .try_send(OpenSessionRequest {
-                message: Some(open_session_request::Message::Hello(opening)),
-            })
-            .expect("a new queue has room");
-        // Ending the link ends the control stream at once, whoever still holds a sender.
-        let end = self.shutdown.child_token();
-        let requests = ReceiverStream::new(queue).take_until(end.clone().cancelled_owned());
-
-        let handshake = async {
-            let mut responses = client.clone().open_session(requests).await?.into_inner();
-            let welcome = match responses.message().await? {
-                Some(OpenSessionResponse {
-                    message: Some(open_session_response::Message::Welcome(welcome)),
-                }) => welcome,
-                Some(_) => {
-                    return Err(Error::protocol(
-                        "the relay's first message was not a welcome",
-                    ));
-                }
-                None => {
-                    return Err(Error::protocol(
-                        "the relay ended the session during the handshake",
-                    ));
-                }
-            };
-            Ok::<_, Error>((accept_welcome(welcome)?, responses))
-        };
-        let timeout = self.settings.handshake_timeout;
-        let outcome = tokio::time::timeout(timeout, handshake).await;
-        let (welcome, responses) = match outcome {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => {
-                end.cancel();
-                return Err(error);
-            }
-            Err(_) => {
-                end.cancel();
-                return Err(Error::Timeout {
-                    what: "the session handshake",
-                    after: timeout,
-                });
-            }
-        };
-        let own_bound = self.settings.dead_peer_timeout() / 3;
-        let link = Link {
-            id: welcome.session_id,
-            client,
-            control,
-            chunk_limit: welcome.chunk_limit,
-            target_timeout: target_timeout(welcome.dial_timeout),
-            heartbeat_interval: welcome
-                .heartbeat_interval
-                .map_or(own_bound, |relay| relay.min(own_bound))
-                .max(MIN_HEARTBEAT_INTERVAL),
-            end,
-        };
-        debug!(id = %link.id, "registered with the relay");
-        Ok((Arc::new(link), responses))
     }
 
     async fn expose(&self, port: u16, route: Route) -> Result<(), Error> {
@@ -444,7 +294,7 @@ impl Shared {
                 link.expose(port);
             }
         }
-        let timeout = self.settings.handshake_timeout;
+        let timeout = self.registration.settings.handshake_timeout;
         let outcome = match tokio::time::timeout(timeout, acked).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(_)) => Error::SessionClosed {
@@ -471,7 +321,7 @@ impl Shared {
 
     /// Makes `link` the session's link and exposes every port on it. Returns what confirms
     /// them.
-    fn install(&self, link: &Arc<Link>) -> Vec<oneshot::Receiver<()>> {
+    pub(super) fn install(&self, link: &Arc<Link>) -> Vec<oneshot::Receiver<()>> {
         let mut routing = lock(&self.routing);
         routing.link = Some(link.clone());
         let mut acks = lock(&self.acks);
@@ -488,7 +338,7 @@ impl Shared {
     }
 
     /// Forgets `link` if it is still the session's link.
-    fn uninstall(&self, link: &Arc<Link>) {
+    pub(super) fn uninstall(&self, link: &Arc<Link>) {
         let mut routing = lock(&self.routing);
         if routing
             .link
@@ -517,10 +367,10 @@ impl Shared {
                 },
             )),
         };
-        let (writer, requests) = outbound(opening, &self.settings, link.chunk_limit);
+        let (writer, requests) = outbound(opening, &self.registration.settings, link.chunk_limit);
         let mut client = link.client.clone();
         let call = tokio::spawn(async move { client.accept_connection(requests).await });
-        let info = ConnectionInfo::new(self.name.clone(), port, Some(peer.clone()));
+        let info = ConnectionInfo::new(self.registration.name.clone(), port, Some(peer.clone()));
         let meter = self.observer.opened(port, peer);
         Connection::new(inbound_from_call(call), writer, info, Some(meter))
     }
@@ -553,7 +403,7 @@ impl Shared {
         let route = lock(&self.routing).routes.get(&port).cloned();
         match route {
             None => {
-                let name = self.name.to_string();
+                let name = self.registration.name.to_string();
                 self.refuse(
                     link,
                     ticket,
@@ -579,7 +429,7 @@ impl Shared {
         Ok(())
     }
 
-    fn handle(
+    pub(super) fn handle(
         self: &Arc<Self>,
         link: &Arc<Link>,
         message: OpenSessionResponse,
@@ -617,7 +467,7 @@ impl Shared {
     }
 
     /// Marks the session closed for good: listeners end, pending exposes fail.
-    fn close(&self, reason: String) {
+    pub(super) fn close(&self, reason: String) {
         {
             let mut routing = lock(&self.routing);
             routing.routes.clear();
@@ -627,140 +477,5 @@ impl Shared {
         }
         lock(&self.acks).clear();
         self.closed.send_replace(Some(reason));
-    }
-}
-
-/// How one link ended.
-enum LinkEnd {
-    /// The agent closed the session.
-    Closed,
-    /// The relay was lost, or ended the session for a reason that may pass.
-    Lost(Error),
-}
-
-/// Runs the session: each link until it ends, then reconnects with backoff, until the agent
-/// closes the session or the relay refuses it for good.
-async fn supervise(
-    shared: Arc<Shared>,
-    mut link: Arc<Link>,
-    mut responses: Streaming<OpenSessionResponse>,
-) {
-    let mut failures = 0;
-    let reason = 'session: loop {
-        let started = Instant::now();
-        let end = run_link(&shared, &link, responses).await;
-        link.end.cancel();
-        shared.uninstall(&link);
-        let error = match end {
-            LinkEnd::Closed => break "the agent closed the session".to_owned(),
-            LinkEnd::Lost(error) => error,
-        };
-        let Some(policy) = shared.reconnect.clone() else {
-            break one_line(&error);
-        };
-        if is_permanent(&error) {
-            break one_line(&error);
-        }
-        let reason = match error {
-            Error::SessionClosed { reason } => reason,
-            other => other.to_string(),
-        };
-        info!(%reason, "lost the relay");
-        shared.observer.emit(Event::Disconnected { reason });
-        if started.elapsed() >= policy.max_delay {
-            failures = 0;
-        }
-        let mut last_error = None;
-        (link, responses) = loop {
-            let delay = policy.delay(failures, Reconnect::jitter());
-            failures = failures.saturating_add(1);
-            shared.observer.emit(Event::Reconnecting {
-                delay,
-                error: last_error.take(),
-            });
-            let attempt = async {
-                tokio::time::sleep(delay).await;
-                shared.open_link().await
-            };
-            let outcome = tokio::select! {
-                () = shared.shutdown.cancelled() => break 'session "the agent closed the session".to_owned(),
-                outcome = attempt => outcome,
-            };
-            match outcome {
-                Ok(opened) => break opened,
-                Err(error) if is_permanent(&error) => break 'session one_line(&error),
-                Err(error) => {
-                    debug!(%error, "reconnecting failed");
-                    last_error = Some(match &error {
-                        Error::RelayUnreachable { .. } => root_cause_phrase(&error),
-                        other => other.to_string(),
-                    });
-                }
-            }
-        };
-        let confirmations = shared.install(&link);
-        let observer = shared.observer.clone();
-        let timeout = shared.settings.handshake_timeout;
-        tokio::spawn(async move {
-            let confirmed = futures_util::future::join_all(confirmations);
-            if tokio::time::timeout(timeout, confirmed).await.is_ok() {
-                info!("reconnected to the relay");
-                observer.emit(Event::Reconnected);
-            }
-        });
-    };
-    debug!(%reason, "session closed");
-    shared.close(reason);
-}
-
-/// Reads one link's control messages and sends its heartbeats, until the link ends.
-async fn run_link(
-    shared: &Arc<Shared>,
-    link: &Arc<Link>,
-    mut responses: Streaming<OpenSessionResponse>,
-) -> LinkEnd {
-    let silence = shared.settings.dead_peer_timeout();
-    let mut heartbeats = tokio::time::interval_at(
-        Instant::now() + link.heartbeat_interval,
-        link.heartbeat_interval,
-    );
-    heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sequence = 0;
-    let quiet = tokio::time::sleep(silence);
-    tokio::pin!(quiet);
-    loop {
-        let message = tokio::select! {
-            () = shared.shutdown.cancelled() => return LinkEnd::Closed,
-            () = &mut quiet => {
-                let reason = format!("no word from the relay for {}", format_duration(silence));
-                return LinkEnd::Lost(Error::SessionClosed { reason });
-            }
-            _ = heartbeats.tick() => {
-                sequence += 1;
-                link.send_control(open_session_request::Message::Heartbeat(Heartbeat { sequence }));
-                continue;
-            }
-            message = responses.message() => message,
-        };
-        quiet.as_mut().reset(Instant::now() + silence);
-        match message {
-            Ok(Some(message)) => {
-                if let Err(error) = shared.handle(link, message) {
-                    warn!(%error, "ending the session");
-                    return LinkEnd::Lost(error);
-                }
-            }
-            Ok(None) => {
-                return LinkEnd::Lost(Error::SessionClosed {
-                    reason: "the relay ended the session".to_owned(),
-                });
-            }
-            // A status with a source was not sent by the relay: the connection broke.
-            Err(status) if status.source().is_some() => {
-                let reason = format!("the connection broke ({})", root_cause_phrase(&status));
-                return LinkEnd::Lost(Error::SessionClosed { reason });
-            }
-            Err(status) => return LinkEnd::Lost(Error::from_status(status)),
-        }
     }
 }
