@@ -15,8 +15,8 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// How long open connections may run after the relay is told to shut down.
     pub grace_period: Duration,
-    /// How many control messages (dial notices, confirmations) may wait for a slow agent
-    /// before new dials to it fail at once.
+    /// How many control messages (dial notices, confirmations) may wait for a slow agent;
+    /// further dials wait for room, within the dial timeout.
     pub control_queue: usize,
     /// The most concurrent streams on one HTTP/2 connection: one per tunneled connection,
     /// plus an agent's control stream.

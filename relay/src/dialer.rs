@@ -6,8 +6,8 @@ use sesame_proto::v1::dialer_service_server::DialerService;
 use sesame_proto::v1::{DialNotice, DialRequest, dial_request, open_session_response};
 use sesame_tunnel::splice::ToDialer;
 use sesame_tunnel::{Error, RemoteName, Ticket, format_duration};
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -64,7 +64,8 @@ impl DialerService for Dialer {
             from_dialer: requests,
             reply,
         };
-        let gone = || Status::unavailable(format!("remote {name:?} went away"));
+        let quoted = format!("{:?}", name.to_string());
+        let gone = || Status::unavailable(format!("remote {quoted} went away"));
         let _parked = state.park_dial(ticket.clone(), dial).ok_or_else(gone)?;
         let notice = DialNotice {
             ticket: ticket.as_bytes().to_vec().into(),
@@ -74,27 +75,30 @@ impl DialerService for Dialer {
         let notice = sesame_proto::v1::OpenSessionResponse {
             message: Some(open_session_response::Message::DialNotice(notice)),
         };
-        link.control
-            .try_send(Ok(notice))
-            .map_err(|error| match error {
-                TrySendError::Full(_) => {
-                    Status::unavailable(format!("remote {name:?} is not keeping up with dials"))
-                }
-                TrySendError::Closed(_) => gone(),
-            })?;
+        // A busy agent's notices queue up; the dial waits for room, within its timeout, so a
+        // burst of dials slows down rather than fails.
+        let timeout = state.config.dial_timeout;
+        let deadline = Instant::now() + timeout;
+        let late = || {
+            Status::deadline_exceeded(format!(
+                "remote {quoted} did not answer within {}",
+                format_duration(timeout)
+            ))
+        };
+        match tokio::time::timeout_at(deadline, link.control.send(Ok(notice))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => return Err(late()),
+        }
         debug!(remote = %name, port, %peer, "dial sent to the agent");
 
-        let timeout = state.config.dial_timeout;
-        match tokio::time::timeout(timeout, answer).await {
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(Ok(to_dialer))) => Ok(Response::new(to_dialer)),
             Ok(Ok(Err(refusal))) => Err(refusal),
             Ok(Err(_)) => Err(Status::unavailable(format!(
-                "remote {name:?} went away before answering"
+                "remote {quoted} went away before answering"
             ))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "remote {name:?} did not answer within {}",
-                format_duration(timeout)
-            ))),
+            Err(_) => Err(late()),
         }
     }
 }

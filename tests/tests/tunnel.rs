@@ -531,3 +531,35 @@ async fn the_relay_cuts_connections_still_open_after_its_grace_period() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_burst_of_dials_beyond_the_notice_queue_waits_for_room_rather_than_failing() {
+    within(async {
+        let mut config = RelayConfig::default();
+        config.control_queue = 1;
+        let relay = TestRelay::start_with(config).await;
+        let session = relay.session("busy").await;
+        echo_listener(&session, 7).await;
+        let dialer = relay.dialer().await;
+        let dials = (0..64).map(|n| {
+            let dialer = dialer.clone();
+            tokio::spawn(async move {
+                let mut conn = dialer
+                    .dial(&name("busy"), 7)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let message = format!("dial {n}");
+                conn.write_all(message.as_bytes()).await.unwrap();
+                conn.shutdown().await.unwrap();
+                let mut echoed = String::new();
+                conn.read_to_string(&mut echoed).await.unwrap();
+                assert_eq!(echoed, message);
+                Ok::<_, String>(())
+            })
+        });
+        for dial in futures_util::future::join_all(dials).await {
+            dial.unwrap().expect("every dial of the burst succeeds");
+        }
+    })
+    .await
+}

@@ -38,12 +38,12 @@ fn target_timeout(dial_timeout: Option<Duration>) -> Duration {
 
 /// One registration with the relay: a control stream and what the relay said in its welcome.
 /// A session has one link at a time; a reconnect makes a new one. Connections accepted on a
-/// link keep using its channel, so they outlive a link lost only at the protocol level.
+/// link keep using its data channel, so they outlive a link lost only at the protocol level.
 #[derive(Debug)]
 pub(super) struct Link {
     /// The relay's id of this registration.
     pub(super) id: SessionId,
-    /// The client on this link's channel, for its data streams.
+    /// The client for this link's data streams.
     pub(super) client: TunnelServiceClient<Channel>,
     control: mpsc::Sender<OpenSessionRequest>,
     /// The largest data payload the relay accepts.
@@ -108,15 +108,24 @@ pub(super) struct Registration {
 impl Registration {
     /// Opens a link: connects (unless a channel was given), says hello, and waits for the
     /// welcome. Cancelling `parent` ends the link.
+    ///
+    /// Dialing by address, the control stream gets an HTTP/2 connection of its own, so that
+    /// dial notices never queue behind data frames; the data streams' connection opens at the
+    /// first dial, so an idle agent holds one connection.
     pub(super) async fn open(
         &self,
         parent: &CancellationToken,
     ) -> Result<(Arc<Link>, Streaming<OpenSessionResponse>), Error> {
-        let channel = match &self.channel {
-            Some(channel) => channel.clone(),
-            None => self.relay.connect(&self.settings).await?,
+        let (control_channel, data_channel) = match &self.channel {
+            Some(channel) => (channel.clone(), channel.clone()),
+            None => (
+                self.relay.connect(&self.settings).await?,
+                self.relay.endpoint(&self.settings).connect_lazy(),
+            ),
         };
-        let client = TunnelServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let client = TunnelServiceClient::new(control_channel);
+        let data_client =
+            TunnelServiceClient::new(data_channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (control, queue) = mpsc::channel(CONTROL_QUEUE);
         let opening = hello(
             &self.name,
@@ -171,7 +180,7 @@ impl Registration {
         let own_bound = self.settings.dead_peer_timeout() / 3;
         let link = Link {
             id: welcome.session_id,
-            client,
+            client: data_client,
             control,
             chunk_limit: welcome.chunk_limit,
             target_timeout: target_timeout(welcome.dial_timeout),
