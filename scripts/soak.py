@@ -6,9 +6,9 @@
       sends back every byte it reads and closes once the peer has half-closed and all is sent.
 
   soak.py churn --port P --proc NAME:PID:STDERR_LOG ... [--concurrency N] [--duration S]
-      Measures each sesame process (open fds, live tasks, RSS), churns connections through
-      127.0.0.1:P for S seconds with N workers, waits for the processes to settle, prints a
-      markdown table and exits 1 if a bound is violated (see soak.sh for the bounds).
+      Measures each sesame process (open fds, live tasks, OS threads, RSS), churns connections
+      through 127.0.0.1:P for S seconds with N workers, waits for the processes to settle,
+      prints a markdown table and exits 1 if a bound is violated (see soak.sh for the bounds).
 
 Tasks come from the processes themselves: on SIGUSR1 each writes one line
 `sesame stats: tasks=N workers=M` to its stderr, which soak.sh sends to STDERR_LOG.
@@ -42,16 +42,21 @@ IDLE_STABLE_SAMPLES = 3  # identical samples in a row that count as idle (baseli
 SAMPLE_EVERY = 5.0  # seconds between samples during the churn
 MAX_CONNECTIONS_PER_WORKER = 10_000_000  # a bound on each worker's loop besides time
 SHOW_FAILURES = 5
+TRIM_TIMEOUT = 30.0  # seconds gdb has to attach, call malloc_trim(0) and detach
 
 # Bounds, checked after the churn (stated in soak.sh too).
 FD_SLACK = 0
 TASK_SLACK = 0
+THREAD_SLACK = 0
 RSS_SLACK_MIB = 16
 RSS_SLACK_RATIO = 1.5
 
-TRIM_TIMEOUT = 30.0  # seconds gdb has to attach, call malloc_trim(0) and detach
-
 STATS_LINE = re.compile(rb"^sesame stats: tasks=(\d+) workers=(\d+)$")
+
+# What is measured of a process at one time; a field is None when it could not be measured
+# (tasks: no answer to SIGUSR1; all: the process is gone).
+Sample = collections.namedtuple("Sample", "fds tasks threads rss")
+GONE = Sample(None, None, None, None)
 
 
 def log(message):
@@ -104,8 +109,7 @@ class Process:
         self.name, self.pid, self.stderr_log = name, pid, stderr_log
         self.offset = 0  # how far the log has been read
         self.partial = b""  # an incomplete last line
-        self.last_tasks = None
-        self.samples = []  # (fds, tasks, rss_mib)
+        self.samples = []
 
     def alive(self):
         try:
@@ -117,12 +121,14 @@ class Process:
     def fds(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def rss_mib(self):
+    def status(self):
+        """(threads, VmRSS in MiB) from /proc/PID/status."""
+        fields = {}
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.pid}/status")
+                key, _, value = line.partition(":")
+                fields[key] = value.split()
+        return int(fields["Threads"][0]), int(fields["VmRSS"][0]) / 1024
 
     def _new_stats(self):
         """Reads what the log gained since last time: the tasks of its newest stats line, or
@@ -150,17 +156,27 @@ class Process:
             await asyncio.sleep(0.02)
             tasks = self._new_stats()
             if tasks is not None:
-                self.last_tasks = tasks
                 return tasks
         return None
+
+    async def sample(self):
+        try:
+            fds = self.fds()
+            threads, rss = self.status()
+            tasks = await self.tasks()
+            sample = Sample(fds, tasks, threads, rss)
+        except (FileNotFoundError, ProcessLookupError):
+            sample = GONE
+        self.samples.append(sample)
+        return sample
 
     async def trim(self):
         """Asks the process's C allocator to give its free memory back to the system (glibc's
         malloc_trim(0), called through gdb); returns VmRSS afterwards in MiB, or None (with the
         reason logged) if that could not be done."""
-        gdb = shutil.which("gdb")
         if not self.alive():
             return None
+        gdb = shutil.which("gdb")
         if gdb is None:
             log(f"{self.name}: no gdb, cannot call malloc_trim")
             return None
@@ -179,19 +195,7 @@ class Process:
             tail = output.decode(errors="replace").strip().splitlines()[-3:]
             log(f"{self.name}: gdb could not call malloc_trim: {' / '.join(tail)}")
             return None
-        return self.rss_mib()
-
-    async def sample(self):
-        """(fds, tasks, rss_mib) now; tasks is None when the process did not answer, and all
-        are None when it is gone."""
-        try:
-            fds, rss = self.fds(), self.rss_mib()
-            tasks = await self.tasks()
-        except (FileNotFoundError, ProcessLookupError):
-            fds = tasks = rss = None
-        sample = (fds, tasks, rss)
-        self.samples.append(sample)
-        return sample
+        return self.status()[1]
 
 
 async def sample_all(procs):
@@ -200,55 +204,62 @@ async def sample_all(procs):
 
 def describe(samples):
     return ", ".join(
-        f"{n} fds={fmt(fds)} tasks={fmt(tasks)} rss={fmt(rss, mib=True)}MiB" for n, (fds, tasks, rss) in samples.items()
+        f"{n} fds={fmt(s.fds)} tasks={fmt(s.tasks)} threads={fmt(s.threads)} rss={fmt(s.rss, mib=True)}MiB"
+        for n, s in samples.items()
     )
 
 
 def counts(samples):
-    """The part of a sample that must settle: fds and tasks."""
-    return {name: (fds, tasks) for name, (fds, tasks, _) in samples.items()}
+    """The part of a sample that must settle: all but RSS."""
+    return {name: (s.fds, s.tasks, s.threads) for name, s in samples.items()}
 
 
 async def wait_idle(procs):
-    """Samples until IDLE_STABLE_SAMPLES samples in a row have the same fds and tasks (the
-    baseline), within IDLE_TIMEOUT; returns the last sample, or None on timeout."""
+    """Samples until IDLE_STABLE_SAMPLES samples in a row have the same fds, tasks and threads
+    (the baseline), within IDLE_TIMEOUT; returns the last sample, or None on timeout."""
     deadline = time.monotonic() + IDLE_TIMEOUT
     recent = []
-    while time.monotonic() < deadline:
+    while True:
         samples = await sample_all(procs)
         recent = (recent + [samples])[-IDLE_STABLE_SAMPLES:]
         if (
             len(recent) == IDLE_STABLE_SAMPLES
-            and all(s[1] is not None for s in samples.values())
+            and all(None not in s for s in samples.values())
             and all(counts(r) == counts(samples) for r in recent)
         ):
             return samples
+        if time.monotonic() >= deadline:
+            log(f"the processes did not become idle within {IDLE_TIMEOUT:.0f} s: {describe(samples)}")
+            return None
         await asyncio.sleep(IDLE_POLL)
-    log(f"the processes did not become idle within {IDLE_TIMEOUT:.0f} s: {counts(recent[-1])}")
-    return None
+
+
+def settled(base, now, what):
+    """Whether `now` is back to `base` for the fields in `what` (within the slack)."""
+    slack = {"fds": FD_SLACK, "tasks": TASK_SLACK, "threads": THREAD_SLACK}
+    return all(
+        getattr(now, field) is not None and getattr(now, field) <= getattr(base, field) + slack[field]
+        for field in what
+    )
 
 
 async def wait_settled(procs, baseline):
-    """Samples every IDLE_POLL until fds and tasks are back to baseline (within the slack),
-    for up to IDLE_TIMEOUT; returns (last sample, seconds it took or None on timeout)."""
+    """Samples every IDLE_POLL until fds, tasks and threads are back to the baseline, for up
+    to IDLE_TIMEOUT. Returns the last sample and the seconds it took fds and tasks, and then
+    threads too, to come back (None: they did not)."""
     start = time.monotonic()
     deadline = start + IDLE_TIMEOUT
+    fds_tasks = None
     while True:
         samples = await sample_all(procs)
-        if all(settled(baseline[n], samples[n]) for n in samples):
-            return samples, time.monotonic() - start
+        now = time.monotonic() - start
+        if fds_tasks is None and all(settled(baseline[n], s, ("fds", "tasks")) for n, s in samples.items()):
+            fds_tasks = now
+        if fds_tasks is not None and all(settled(baseline[n], s, ("threads",)) for n, s in samples.items()):
+            return samples, fds_tasks, now
         if time.monotonic() >= deadline or not all(p.alive() for p in procs):
-            return samples, None
+            return samples, fds_tasks, None
         await asyncio.sleep(IDLE_POLL)
-
-
-def settled(base, now):
-    return (
-        now[0] is not None
-        and now[0] <= base[0] + FD_SLACK
-        and now[1] is not None
-        and now[1] <= base[1] + TASK_SLACK
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +271,13 @@ class Totals:
         self.connections = 0
         self.bytes = 0  # payload bytes echoed (each is sent once and received once)
         self.failures = 0
-        self.reasons = {}  # reason -> count
-        self.shown = 0
+        self.reasons = collections.Counter()
         self.started = time.monotonic()
 
     def fail(self, reason):
         self.failures += 1
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        if self.shown < SHOW_FAILURES:
-            self.shown += 1
+        self.reasons[reason] += 1
+        if self.failures <= SHOW_FAILURES:
             log(f"failure {self.failures}, {time.monotonic() - self.started:.1f} s in: {reason}")
 
 
@@ -276,6 +285,10 @@ def reason_of(error):
     if isinstance(error, asyncio.TimeoutError):
         return f"timed out after {CONNECTION_TIMEOUT:.0f} s"
     return f"{type(error).__name__}: {error}"
+
+
+class Mismatch(Exception):
+    pass
 
 
 async def one_connection(port, size):
@@ -315,10 +328,6 @@ async def one_connection(port, size):
     return size
 
 
-class Mismatch(Exception):
-    pass
-
-
 async def worker(port, deadline, totals):
     for _ in range(MAX_CONNECTIONS_PER_WORKER):
         if time.monotonic() >= deadline:
@@ -350,8 +359,8 @@ async def sampler(procs, stop, every):
 # The report.
 
 
-def peak(proc, index):
-    values = [s[index] for s in proc.samples if s[index] is not None]
+def peak(proc, field):
+    values = [getattr(s, field) for s in proc.samples if getattr(s, field) is not None]
     return max(values) if values else None
 
 
@@ -362,8 +371,8 @@ def fmt(value, mib=False):
 
 
 def log_summary(proc, limit=5):
-    """The lines of the process's stderr other than stats lines, with addresses masked, as
-    [(count, line)], most frequent first: where the reasons for failures are."""
+    """The lines of the process's stderr other than stats lines, with ports masked, as
+    ([(count, line)] most frequent first, total): where the reasons for failures are."""
     lines = collections.Counter()
     with open(proc.stderr_log, "rb") as f:
         for line in f:
@@ -371,11 +380,15 @@ def log_summary(proc, limit=5):
             if line and not STATS_LINE.match(line):
                 text = re.sub(r"\b(\d{1,3}(\.\d{1,3}){3}):\d+", r"\1:PORT", line.decode(errors="replace"))
                 lines[text.strip()] += 1
-    return [(n, text) for text, n in lines.most_common(limit)], sum(lines.values())
+    return lines.most_common(limit), sum(lines.values())
 
 
 def rss_bound(base):
     return max(base + RSS_SLACK_MIB, RSS_SLACK_RATIO * base)
+
+
+def seconds(value):
+    return "never" if value is None else f"{value:.1f} s"
 
 
 async def churn_main(args):
@@ -397,7 +410,7 @@ async def churn_main(args):
         except Exception as error:
             warmup.fail(reason_of(error))
     if warmup.failures:
-        log(f"{warmup.failures} of {WARMUP_CONNECTIONS} warm-up connections failed: {warmup.reasons}")
+        log(f"{warmup.failures} of {WARMUP_CONNECTIONS} warm-up connections failed: {dict(warmup.reasons)}")
         return 1
 
     baseline = await wait_idle(procs)
@@ -418,11 +431,11 @@ async def churn_main(args):
     await sampling
     log(f"churn done: {totals.connections} connections in {elapsed:.1f} s, {totals.failures} failures")
 
-    after, settle_seconds = await wait_settled(procs, baseline)
-    if settle_seconds is None:
-        log("fds or tasks not back to baseline")
-    else:
-        log(f"settled {settle_seconds:.1f} s after the churn")
+    # Threads settle last: the tokio blocking pool (the agent resolves `localhost` on it for
+    # each connection) keeps idle threads for 10 s. Their stacks count in RSS, so RSS is
+    # measured once they are gone.
+    after, fds_tasks_settled, all_settled = await wait_settled(procs, baseline)
+    log(f"fds and tasks back to baseline after {seconds(fds_tasks_settled)}, threads too after {seconds(all_settled)}")
 
     # glibc keeps the memory the churn freed (its high-water mark) instead of returning it to
     # the system, so RSS after the churn says little about leaks. RSS once malloc_trim(0) has
@@ -432,14 +445,19 @@ async def churn_main(args):
     # The table.
     print(f"## Sesame soak: {args.concurrency} workers, {args.duration:.0f} s")
     print()
-    print("| process | fds baseline | fds peak | fds after | tasks baseline | tasks peak | tasks after | RSS MiB baseline | RSS MiB peak | RSS MiB after | RSS MiB after trim |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| process | fds baseline | fds peak | fds after | tasks baseline | tasks peak | tasks after "
+        "| threads baseline | threads peak | threads after "
+        "| RSS MiB baseline | RSS MiB peak | RSS MiB after | RSS MiB after trim |"
+    )
+    print("| --- " + "| ---: " * 13 + "|")
     for p in procs:
         b, a = baseline[p.name], after[p.name]
-        print(
-            f"| {p.name} | {b[0]} | {fmt(peak(p, 0))} | {fmt(a[0])} | {b[1]} | {fmt(peak(p, 1))} | {fmt(a[1])} "
-            f"| {b[2]:.1f} | {fmt(peak(p, 2), mib=True)} | {fmt(a[2], mib=True)} | {fmt(trimmed[p.name], mib=True)} |"
-        )
+        row = [p.name]
+        for field in ("fds", "tasks", "threads"):
+            row += [fmt(getattr(b, field)), fmt(peak(p, field)), fmt(getattr(a, field))]
+        row += [fmt(b.rss, mib=True), fmt(peak(p, "rss"), mib=True), fmt(a.rss, mib=True), fmt(trimmed[p.name], mib=True)]
+        print("| " + " | ".join(row) + " |")
     print()
     print("| churn | value |")
     print("| --- | ---: |")
@@ -447,56 +465,51 @@ async def churn_main(args):
     print(f"| connections/s | {totals.connections / elapsed:.1f} |")
     print(f"| bytes moved (each way) | {totals.bytes} ({totals.bytes / MIB:.1f} MiB, {totals.bytes / MIB / elapsed:.1f} MiB/s) |")
     print(f"| failures | {totals.failures} |")
-    if settle_seconds is not None:
-        settling = f"{settle_seconds:.1f} s"
-    elif all(p.alive() for p in procs):
-        settling = f"not within {IDLE_TIMEOUT:.0f} s"
-    else:
-        settling = "never: a process exited"
-    print(f"| fds and tasks back to baseline after | {settling} |")
+    print(f"| fds and tasks back to baseline after | {seconds(fds_tasks_settled)} |")
+    print(f"| threads back to baseline after | {seconds(all_settled)} |")
     print()
     for p in procs:
         common, total = log_summary(p)
         if total:
             print(f"{p.name} logged {total} lines (besides stats lines), most frequent:")
-            for n, text in common:
+            for text, n in common:
                 print(f"- {n}x `{text}`")
             print()
 
     # The bounds.
     violations = []
     if totals.failures:
-        violations.append(f"{totals.failures} failed connections: " + "; ".join(f"{n}x {r}" for r, n in totals.reasons.items()))
+        violations.append(f"{totals.failures} failed connections: " + "; ".join(f"{n}x {r}" for r, n in totals.reasons.most_common()))
     if totals.connections == 0:
         violations.append("no connection completed")
     for p in procs:
         b, a = baseline[p.name], after[p.name]
-        if not p.alive() or a[0] is None:
+        if not p.alive() or a.fds is None:
             violations.append(f"{p.name} exited")
             continue
-        if a[0] > b[0] + FD_SLACK:
-            violations.append(f"{p.name}: {a[0] - b[0]} fds more than the baseline {b[0]} after the churn")
-        if a[1] is None:
+        if a.tasks is None:
             violations.append(f"{p.name}: no stats line within {STATS_TIMEOUT:.0f} s of SIGUSR1")
-        elif a[1] > b[1] + TASK_SLACK:
-            violations.append(f"{p.name}: {a[1] - b[1]} tasks more than the baseline {b[1]} after the churn")
+        for field in ("fds", "tasks", "threads"):
+            if not settled(b, a, (field,)) and getattr(a, field) is not None:
+                extra = getattr(a, field) - getattr(b, field)
+                violations.append(f"{p.name}: {extra} {field} more than the baseline {getattr(b, field)} after the churn")
         # Without malloc_trim (no gdb, or no ptrace), the bound applies to RSS as it is.
-        rss, what = (a[2], "RSS") if trimmed[p.name] is None else (trimmed[p.name], "RSS after malloc_trim")
-        if rss > rss_bound(b[2]):
-            violations.append(f"{p.name}: {what} {rss:.1f} MiB after the churn, above the bound {rss_bound(b[2]):.1f} MiB")
+        rss, what = (a.rss, "RSS") if trimmed[p.name] is None else (trimmed[p.name], "RSS after malloc_trim")
+        if rss > rss_bound(b.rss):
+            violations.append(f"{p.name}: {what} {rss:.1f} MiB after the churn, above the bound {rss_bound(b.rss):.1f} MiB")
     print(
-        f"Bounds: failures = 0; fds and tasks after <= baseline (+{FD_SLACK} fds, +{TASK_SLACK} tasks); "
-        f"RSS after malloc_trim(0) <= max(baseline + {RSS_SLACK_MIB} MiB, {RSS_SLACK_RATIO}x baseline) "
-        f"(RSS as it is when malloc_trim cannot be called). RSS after, untrimmed, is glibc's "
-        f"high-water mark: reported, not bounded."
+        f"Bounds: failures = 0; fds, tasks and threads after <= baseline (+{FD_SLACK}, +{TASK_SLACK}, "
+        f"+{THREAD_SLACK}), waited for up to {IDLE_TIMEOUT:.0f} s; RSS after malloc_trim(0) <= "
+        f"max(baseline + {RSS_SLACK_MIB} MiB, {RSS_SLACK_RATIO}x baseline) (RSS as it is when "
+        f"malloc_trim cannot be called). RSS after, untrimmed, is glibc's high-water mark: "
+        f"reported, not bounded."
     )
+    print()
     if violations:
-        print()
         print("**FAILED**:")
         for v in violations:
             print(f"- {v}")
         return 1
-    print()
     print("**PASSED**")
     return 0
 

@@ -7,24 +7,26 @@
 # echo target (scripts/soak.py echo), a relay, an agent exposing the echo target and a dialer
 # (`connect --listen 127.0.0.1:0`), then scripts/soak.py churn: a warm-up of a few
 # connections, a baseline of each sesame process once idle (open fds from /proc/PID/fd, live
-# async tasks from the `sesame stats: tasks=N` line it writes to stderr on SIGUSR1, VmRSS),
-# then N workers that each loop for the duration: connect to the dialer, send 1 KiB to 256 KiB
-# of random bytes, half-close, read the echo to its end and check it byte for byte. fds, tasks
-# and RSS are sampled every 5 s, then polled every 0.5 s, for up to 30 s, until fds and tasks
-# are back to the baseline.
+# async tasks from the `sesame stats: tasks=N` line it writes to stderr on SIGUSR1, OS threads
+# and VmRSS from /proc/PID/status), then N workers that each loop for the duration: connect to
+# the dialer, send 1 KiB to 256 KiB of random bytes, half-close, read the echo to its end and
+# check it byte for byte. Samples every 5 s for the peaks; afterwards polls every 0.5 s, for up
+# to 30 s, until fds, tasks and threads are back to the baseline.
 #
-# Prints a markdown table and exits 1 if any bound is violated:
+# Prints a markdown table and exits 1 if any bound is violated, for relay, agent and dialer:
 #   - no connection fails (any error, timeout or mismatch);
-#   - fds after the churn == baseline, for relay, agent and dialer (no slack);
-#   - tasks after the churn == baseline, for each (no slack);
-#   - RSS after <= max(baseline + 16 MiB, 1.5 x baseline), for each, where "RSS after" is
-#     VmRSS once glibc has been asked to return its free memory: malloc_trim(0), called in
-#     each process through gdb once fds and tasks are back. Measured with 1000 connections:
-#     RSS stays at its high-water mark after the churn (210 to 270 MiB from a 7 MiB baseline),
-#     a second churn in the same processes adds nothing to it, and malloc_trim(0) brings it
-#     back to 11 or 12 MiB: freed memory that glibc keeps, not a leak; so the untrimmed RSS
-#     after the churn is reported but not bounded. When gdb cannot attach, the bound applies to
-#     the untrimmed RSS (and will fail at high concurrency).
+#   - fds, tasks and OS threads after the churn <= baseline, no slack. Threads come back last:
+#     the agent resolves `localhost` for each connection on tokio's blocking pool, whose idle
+#     threads live 10 s;
+#   - RSS after <= max(baseline + 16 MiB, 1.5 x baseline), where "RSS after" is VmRSS once
+#     glibc has been asked to return its free memory: malloc_trim(0), called in each process
+#     through gdb once fds, tasks and threads are back. Measured with 1000 connections: RSS
+#     stays at its high-water mark after the churn (160 to 290 MiB from a 7 MiB baseline), a
+#     second churn in the same processes adds nothing to it, and malloc_trim(0) brings it back
+#     to 10 to 18 MiB: memory glibc keeps, not a leak; so the untrimmed RSS after the churn is
+#     reported but not bounded. When gdb cannot attach, the bound applies to the untrimmed RSS
+#     (and fails at high concurrency).
+# The logs of the processes are kept in a temporary directory when the test fails.
 # Needs python3 and gdb (installed if missing); raises the open-files limit to the hard limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
