@@ -49,8 +49,10 @@ sesame=${SESAME_BIN:?set SESAME_BIN to the sesame binary to test}
 need_packages python3:python3 gdb:gdb
 
 # Each connection holds an fd in the client, the echo target, the agent and the dialer.
-ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((concurrency + 256)) ]; then
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] && hard=$(cat /proc/sys/fs/nr_open)
+ulimit -n "$hard"
+if [ "$(ulimit -n)" -lt $((concurrency + 256)) ]; then
   echo "the open-files limit $(ulimit -n) is too low for $concurrency connections" >&2; exit 2
 fi
 
