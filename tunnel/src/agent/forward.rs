@@ -1,6 +1,7 @@
 //! Forwarding an exposed port to a TCP target the agent can reach.
 
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -30,9 +31,23 @@ impl Target {
         Target { host, port }
     }
 
-    /// A target on this machine: `localhost:PORT`, trying each address `localhost` resolves to.
+    /// A target on this machine: `localhost:PORT`. `localhost` means loopback (RFC 6761):
+    /// the agent tries 127.0.0.1, then ::1, without asking the resolver, so a busy port costs
+    /// no lookup per connection.
     pub fn local(port: u16) -> Self {
         Target::new("localhost", port)
+    }
+
+    /// Connects to the target.
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        if self.host.eq_ignore_ascii_case("localhost") {
+            let loopback = [
+                SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, self.port)),
+            ];
+            return TcpStream::connect(&loopback[..]).await;
+        }
+        TcpStream::connect((self.host.as_str(), self.port)).await
     }
 
     /// The host.
@@ -103,8 +118,7 @@ pub(super) async fn serve(
     target: Target,
 ) {
     let limit = link.target_timeout();
-    let connect = TcpStream::connect((target.host.as_str(), target.port));
-    let tcp = match tokio::time::timeout(limit, connect).await {
+    let tcp = match tokio::time::timeout(limit, target.connect()).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => {
             let reason = format!("{target}: {}", io_reason(&error));
@@ -124,6 +138,20 @@ pub(super) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn localhost_means_loopback_on_either_family() {
+        let v4 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let conn = Target::local(port).connect().await.unwrap();
+        assert!(conn.peer_addr().unwrap().ip().is_loopback());
+        // Only on ::1: the IPv4 attempt is refused, then IPv6 answers.
+        if let Ok(v6) = tokio::net::TcpListener::bind("[::1]:0").await {
+            let port = v6.local_addr().unwrap().port();
+            let conn = Target::new("LOCALHOST", port).connect().await.unwrap();
+            assert_eq!(conn.peer_addr().unwrap().ip(), Ipv6Addr::LOCALHOST);
+        }
+    }
 
     #[test]
     fn targets_print_like_addresses() {
