@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace, then the NAT test in network namespaces
-# (where it can make them). Installs what the tests need when it is missing: curl, python3 and
+# (where it can make them) and a 60 s soak. Installs what the tests need when it is missing: curl, python3 and
 # kill (Debian packages), buf (npm's @bufbuild/buf, into target/tools); the NAT test installs
 # its own.
 set -euo pipefail
@@ -20,3 +20,5 @@ echo "== cargo test" >&2
 cargo test --workspace --locked
 echo "== NAT test in network namespaces" >&2
 SESAME_BIN=target/debug/sesame scripts/test-nat.sh
+echo "== soak: connections churned for 60 s, then leaks checked" >&2
+SESAME_BIN=target/debug/sesame scripts/soak.sh --duration 60
