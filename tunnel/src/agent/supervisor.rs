@@ -91,6 +91,8 @@ pub(super) async fn supervise(
             if tokio::time::timeout(timeout, confirmed).await.is_ok() {
                 info!("reconnected to the relay");
                 observer.emit(Event::Reconnected);
+            } else {
+                warn!("reconnected, but the relay did not confirm every port in time");
             }
         });
     };
