@@ -105,7 +105,11 @@ async fn settled_rss(relay: &RelayProcess) -> Result<u64, Failure> {
     for _ in 0..25 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = relay.rss_kib()?;
-        last = if now == last.0 { (now, last.1 + 1) } else { (now, 0) };
+        last = if now == last.0 {
+            (now, last.1 + 1)
+        } else {
+            (now, 0)
+        };
         if last.1 >= 2 {
             break;
         }
@@ -120,7 +124,7 @@ async fn register(url: &RelayUrl, count: usize) -> Result<Vec<Session>, Failure>
             let (gate, url) = (gate.clone(), url.clone());
             async move {
                 let _turn = gate.acquire().await?;
-                let session = Session::builder(RemoteName::new(&format!("agent-{n}"))?)
+                let session = Session::builder(RemoteName::new(format!("agent-{n}"))?)
                     .relay(url)
                     .transport(TransportSettings::default())
                     .reconnect(Reconnect::new(
@@ -175,7 +179,7 @@ async fn open_connections(
             let dialer = dialers[n % DIALER_CHANNELS].clone();
             async move {
                 let _turn = gate.acquire().await?;
-                let name = RemoteName::new(&format!("agent-{}", n % SERVING_AGENTS.min(agents)))?;
+                let name = RemoteName::new(format!("agent-{}", n % SERVING_AGENTS.min(agents)))?;
                 let mut conn = dialer.dial(&name, 1).await?;
                 conn.write_all(b"x").await?;
                 let mut echo = [0; 1];
@@ -236,7 +240,11 @@ async fn main() -> Result<(), Failure> {
         }
     }
     let before = settled_rss(&relay).await?;
-    let open = within("opening connections", open_connections(&url, agents, connections)).await??;
+    let open = within(
+        "opening connections",
+        open_connections(&url, agents, connections),
+    )
+    .await??;
     let with_connections = settled_rss(&relay).await?;
 
     let per_agent = (registered.saturating_sub(idle)) as f64 / agents as f64;
@@ -245,7 +253,10 @@ async fn main() -> Result<(), Failure> {
     println!("| --- | ---: |");
     println!("| agents | {agents} |");
     println!("| relay RSS, idle | {:.1} MiB |", mib(idle));
-    println!("| relay RSS, agents registered | {:.1} MiB |", mib(registered));
+    println!(
+        "| relay RSS, agents registered | {:.1} MiB |",
+        mib(registered)
+    );
     println!("| relay RSS per agent | {per_agent:.1} KiB |");
     println!(
         "| registrations per second | {:.0} |",
@@ -260,10 +271,7 @@ async fn main() -> Result<(), Failure> {
         mib(registered_again)
     );
     println!("| tunneled connections open | {} |", open.len());
-    println!(
-        "| relay RSS with them | {:.1} MiB |",
-        mib(with_connections)
-    );
+    println!("| relay RSS with them | {:.1} MiB |", mib(with_connections));
     println!("| relay RSS per connection | {per_connection:.1} KiB |");
     drop(open);
     drop(sessions);
