@@ -99,11 +99,13 @@ impl Drop for RelayProcess {
     }
 }
 
-/// Waits until the relay's RSS stops moving (three equal readings 200 ms apart, at most 5 s).
+/// Reads the relay's RSS until it stops moving: three equal readings 200 ms apart, at most
+/// 25 readings. Nothing signals "settled", so this samples.
 async fn settled_rss(relay: &RelayProcess) -> Result<u64, Failure> {
+    let mut samples = tokio::time::interval(Duration::from_millis(200));
     let mut last = (relay.rss_kib()?, 0);
     for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.tick().await;
         let now = relay.rss_kib()?;
         last = if now == last.0 {
             (now, last.1 + 1)
