@@ -102,7 +102,8 @@ impl Drop for RelayProcess {
 /// Reads the relay's RSS until it stops moving: three equal readings 200 ms apart, at most
 /// 25 readings. Nothing signals "settled", so this samples.
 async fn settled_rss(relay: &RelayProcess) -> Result<u64, Failure> {
-    let mut samples = tokio::time::interval(Duration::from_millis(200));
+    let every = Duration::from_millis(200);
+    let mut samples = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut last = (relay.rss_kib()?, 0);
     for _ in 0..25 {
         samples.tick().await;
