@@ -161,22 +161,15 @@ impl Registration {
             };
             Ok::<_, Error>((accept_welcome(welcome)?, responses))
         };
+        // On failure the call is dropped, and its control stream with it.
         let timeout = self.settings.handshake_timeout;
-        let outcome = tokio::time::timeout(timeout, handshake).await;
-        let (welcome, responses) = match outcome {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => {
-                end.cancel();
-                return Err(error);
-            }
-            Err(_) => {
-                end.cancel();
-                return Err(Error::Timeout {
+        let (welcome, responses) =
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| Error::Timeout {
                     what: "the session handshake",
                     after: timeout,
-                });
-            }
-        };
+                })??;
         let own_bound = self.settings.dead_peer_timeout() / 3;
         let link = Link {
             id: welcome.session_id,
