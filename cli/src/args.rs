@@ -1,6 +1,8 @@
 //! The command line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -70,6 +72,69 @@ pub struct ServeArgs {
     /// How long a dial waits for the remote's agent to answer.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub dial_timeout: Duration,
+
+    /// Serve HTTP virtual hosts: a remote's published HTTP port is NAME.DOMAIN. Needs
+    /// --http-listen or --https-listen.
+    #[arg(long, value_name = "DOMAIN", help_heading = "Public endpoints")]
+    pub domain: Option<String>,
+
+    /// Serve the virtual hosts over plain HTTP here (HTTP/1.1, and HTTP/2 with prior
+    /// knowledge).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "domain",
+        help_heading = "Public endpoints"
+    )]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Serve the virtual hosts over HTTPS here (HTTP/1.1, and HTTP/2 through ALPN). Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["domain", "tls_cert", "tls_key"], help_heading = "Public endpoints")]
+    pub https_listen: Option<SocketAddr>,
+
+    /// The HTTPS certificate chain, PEM (a wildcard for *.DOMAIN). Reloaded when the file
+    /// changes and on SIGHUP, without dropping connections.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "https_listen",
+        help_heading = "Public endpoints"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The HTTPS certificate's private key, PEM.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "https_listen",
+        help_heading = "Public endpoints"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Publish remotes' ports on TCP ports of this range when they ask (`20000-20999`, or
+    /// one port).
+    #[arg(long, value_name = "RANGE", value_parser = parse_port_range, help_heading = "Public endpoints")]
+    pub tcp_ports: Option<RangeInclusive<u16>>,
+
+    /// The address the TCP ports listen on; the --listen address's by default.
+    #[arg(
+        long,
+        value_name = "IP",
+        requires = "tcp_ports",
+        help_heading = "Public endpoints"
+    )]
+    pub tcp_bind: Option<IpAddr>,
+
+    /// The host name clients use to reach the relay, as printed in TCP addresses; the
+    /// domain, else the TCP ports' address, by default.
+    #[arg(
+        long,
+        value_name = "HOST",
+        requires = "tcp_ports",
+        help_heading = "Public endpoints"
+    )]
+    pub public_host: Option<String>,
 }
 
 /// `sesame expose`
@@ -84,6 +149,34 @@ pub struct ExposeArgs {
     /// unless given.
     #[arg(long)]
     pub name: Option<RemoteName>,
+
+    /// Also serve a port as the HTTP virtual host NAME.DOMAIN of the relay: --http for the
+    /// only port given, --http=PORT to pick one.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "0", help_heading = "Public endpoints")]
+    pub http: Option<u16>,
+
+    /// The HTTP service speaks HTTP/2 without TLS (h2c), as gRPC servers do; implies --http.
+    #[arg(long, help_heading = "Public endpoints")]
+    pub http2: bool,
+
+    /// The Host header the HTTP service receives, instead of the client's.
+    #[arg(long, value_name = "HOST", help_heading = "Public endpoints")]
+    pub host_header: Option<String>,
+
+    /// Also publish a port on a TCP port of the relay: --tcp for the only port given,
+    /// --tcp=PORT to pick one; may be repeated.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, require_equals = true, default_missing_value = "0", action = clap::ArgAction::Append, help_heading = "Public endpoints")]
+    pub tcp: Vec<u16>,
+
+    /// The relay port to ask for (with one --tcp); any free one of the relay's range unless
+    /// given.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Public endpoints")]
+    pub remote_port: Option<u16>,
+
+    /// Send a PROXY protocol v2 header first on each public TCP connection, so that the local
+    /// service sees the client's address.
+    #[arg(long, help_heading = "Public endpoints")]
+    pub proxy_protocol: bool,
 }
 
 /// `sesame connect`
@@ -130,10 +223,37 @@ fn parse_keepalive(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A port range, `LOW-HIGH` or one port.
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let port = |text: &str| match text.trim().parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!(
+            "{text:?} is not a port: ports are numbers from 1 to 65535"
+        )),
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (port(low)?, port(high)?),
+        None => (port(text)?, port(text)?),
+    };
+    if low > high {
+        return Err(format!("the range {text:?} is empty: write LOW-HIGH"));
+    }
+    Ok(low..=high)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("20000-20999").unwrap(), 20000..=20999);
+        assert_eq!(parse_port_range("5432").unwrap(), 5432..=5432);
+        assert!(parse_port_range("20-10").unwrap_err().contains("empty"));
+        assert!(parse_port_range("0-10").unwrap_err().contains("not a port"));
+        assert!(parse_port_range("a-b").unwrap_err().contains("not a port"));
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -126,6 +126,12 @@ fn describe(event: &Event) -> Option<String> {
             format_duration(*delay)
         ),
         Event::Reconnected => "reconnected: the remote and its ports are back".to_owned(),
+        Event::Republished { port, published } => {
+            format!("port {port} is now public at {published}")
+        }
+        Event::ExposeFailed { port, error } => {
+            format!("port {port} is not exposed any more: {error}")
+        }
         _ => return None,
     })
 }

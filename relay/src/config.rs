@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sesame_tunnel::TransportSettings;
 
+pub use crate::http::HttpConfig;
+
 /// How a relay behaves. The defaults suit a relay on a trusted network.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -23,6 +25,8 @@ pub struct RelayConfig {
     pub max_concurrent_streams: u32,
     /// HTTP/2 windows and frame sizes.
     pub transport: TransportSettings,
+    /// The public HTTP listeners' limits.
+    pub http: HttpConfig,
 }
 
 impl Default for RelayConfig {
@@ -34,6 +38,7 @@ impl Default for RelayConfig {
             control_queue: 256,
             max_concurrent_streams: 4096,
             transport: TransportSettings::default(),
+            http: HttpConfig::default(),
         }
     }
 }

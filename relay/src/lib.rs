@@ -24,15 +24,25 @@
 //! - `remotes`: `GetRemote` and `ListRemotes`;
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
 //! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes;
+//! - `endpoints`: public endpoints (HTTP virtual hosts, TCP ports), who holds them, and the
+//!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy; `dial`: the dial path
+//!   that Dial calls and public endpoints share;
+//! - [`tls`]: the certificate for TLS, reloaded when its files change;
+//! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings.
 
 pub mod auth;
 pub mod config;
+mod dial;
 mod dialer;
+mod endpoints;
+mod http;
+pub mod proxy_protocol;
 pub mod registry;
 mod remotes;
 mod server;
 mod state;
+pub mod tls;
 mod tunnel;
 
 use std::time::Duration;
@@ -40,8 +50,9 @@ use std::time::Duration;
 use sesame_tunnel::{Error, format_duration};
 use tonic::{Request, Status, Streaming};
 
-pub use config::RelayConfig;
-pub use registry::{MemoryRegistry, Registry, RemoteRecord};
+pub use config::{HttpConfig, RelayConfig};
+pub use endpoints::tcp::TcpPortRange;
+pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 
 /// A port number from the wire: 1 to 65535.

@@ -5,7 +5,7 @@
 //! implementation may wait on the network, and the relay can hold any implementation as
 //! `Arc<dyn Registry>`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -20,14 +20,23 @@ pub struct RemoteRecord {
     pub name: RemoteName,
     /// The session that holds the name.
     pub session: SessionId,
-    /// The ports the remote exposes.
-    pub ports: BTreeSet<u16>,
+    /// The ports the remote exposes, and where the relay publishes each.
+    pub ports: BTreeMap<u16, PublicEndpoints>,
     /// When the session began.
     pub connect_time: SystemTime,
     /// The agent's description of itself.
     pub agent_version: String,
     /// The key the agent presented: a later session with the same key takes the name over.
     pub agent_key: Option<AgentKey>,
+}
+
+/// Where the relay publishes an exposed port, besides dials: what clients connect to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicEndpoints {
+    /// The port's HTTP virtual host, one URL per public listener (`https://laptop.example.com`).
+    pub http_urls: Vec<String>,
+    /// The port's public TCP address, `host:port`.
+    pub tcp_address: Option<String>,
 }
 
 /// Where remotes are registered.
@@ -49,7 +58,7 @@ pub trait Registry: Send + Sync + 'static {
         &'a self,
         name: &'a RemoteName,
         session: &'a SessionId,
-        ports: BTreeSet<u16>,
+        ports: BTreeMap<u16, PublicEndpoints>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Looks up one remote.
@@ -121,7 +130,7 @@ impl Registry for MemoryRegistry {
         &'a self,
         name: &'a RemoteName,
         session: &'a SessionId,
-        ports: BTreeSet<u16>,
+        ports: BTreeMap<u16, PublicEndpoints>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         self.with(|remotes| {
             if let Some(record) = remotes.get_mut(name).filter(|r| &r.session == session) {
@@ -163,7 +172,7 @@ mod tests {
         RemoteRecord {
             name: RemoteName::new(name).unwrap(),
             session: session.clone(),
-            ports: BTreeSet::new(),
+            ports: BTreeMap::new(),
             connect_time: SystemTime::UNIX_EPOCH,
             agent_version: "test".into(),
             agent_key: None,
@@ -228,16 +237,24 @@ mod tests {
         registry.claim(record("pi", &holder)).await.unwrap();
         let pi = RemoteName::new("pi").unwrap();
         registry
-            .set_ports(&pi, &SessionId::generate(), [1].into())
+            .set_ports(
+                &pi,
+                &SessionId::generate(),
+                [(1, PublicEndpoints::default())].into(),
+            )
             .await
             .unwrap();
         assert!(registry.get(&pi).await.unwrap().unwrap().ports.is_empty());
         registry
-            .set_ports(&pi, &holder, [22, 80].into())
+            .set_ports(
+                &pi,
+                &holder,
+                [22, 80].map(|p| (p, PublicEndpoints::default())).into(),
+            )
             .await
             .unwrap();
         let ports = registry.get(&pi).await.unwrap().unwrap().ports;
-        assert_eq!(ports.into_iter().collect::<Vec<_>>(), [22, 80]);
+        assert_eq!(ports.into_keys().collect::<Vec<_>>(), [22, 80]);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use sesame_proto::v1::remote_service_server::RemoteService;
 use sesame_proto::v1::{
-    ExposedPort, GetRemoteRequest, ListRemotesRequest, ListRemotesResponse, Remote,
+    ExposedPort, GetRemoteRequest, HttpEndpoint, ListRemotesRequest, ListRemotesResponse, Remote,
+    TcpEndpoint,
 };
 use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status};
@@ -31,8 +32,20 @@ pub(crate) fn to_proto(record: &RemoteRecord) -> Remote {
         ports: record
             .ports
             .iter()
-            .map(|&port| ExposedPort {
+            .map(|(&port, endpoints)| ExposedPort {
                 port: u32::from(port),
+                http: (!endpoints.http_urls.is_empty()).then(|| HttpEndpoint {
+                    urls: endpoints.http_urls.clone(),
+                    ..HttpEndpoint::default()
+                }),
+                tcp: endpoints.tcp_address.as_ref().map(|address| TcpEndpoint {
+                    public_port: address
+                        .rsplit_once(':')
+                        .and_then(|(_, port)| port.parse().ok())
+                        .unwrap_or_default(),
+                    address: address.clone(),
+                    ..TcpEndpoint::default()
+                }),
             })
             .collect(),
         connect_time: Some(record.connect_time.into()),

@@ -10,6 +10,7 @@ use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
 use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tracing::{info, warn};
@@ -17,14 +18,19 @@ use tracing::{info, warn};
 use crate::auth::{AllowAll, Authorize};
 use crate::config::RelayConfig;
 use crate::dialer::Dialer;
+use crate::endpoints::tcp::{TcpPortRange, TcpPorts};
+use crate::endpoints::{Endpoints, HttpSite};
+use crate::http::PublicListener;
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::Remotes;
 use crate::state::State;
 use crate::tunnel::Tunnel;
 
-/// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener.
+/// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener, and
+/// the public endpoints it is given listeners for.
 pub struct Relay {
     state: Arc<State>,
+    public: Vec<PublicListener>,
 }
 
 /// Configures a [`Relay`].
@@ -33,6 +39,9 @@ pub struct RelayBuilder {
     config: RelayConfig,
     registry: Arc<dyn Registry>,
     auth: Arc<dyn Authorize>,
+    domain: Option<String>,
+    public: Vec<PublicListener>,
+    tcp_ports: Option<TcpPortRange>,
 }
 
 impl RelayBuilder {
@@ -54,10 +63,56 @@ impl RelayBuilder {
         self
     }
 
+    /// Serves HTTP virtual hosts: remote NAME's published HTTP port is `NAME.{domain}` on
+    /// every listener given with [`http_listener`](Self::http_listener) and
+    /// [`https_listener`](Self::https_listener).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        let domain = domain.into().trim_end_matches('.').to_ascii_lowercase();
+        self.domain = Some(domain);
+        self
+    }
+
+    /// A public listener for plaintext HTTP: HTTP/1.1, and HTTP/2 with prior knowledge.
+    pub fn http_listener(mut self, listener: TcpListener) -> Self {
+        self.public.push(PublicListener {
+            listener,
+            tls: None,
+        });
+        self
+    }
+
+    /// A public listener for HTTPS with `tls` (whose ALPN should offer `h2` and `http/1.1`).
+    pub fn https_listener(mut self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.public.push(PublicListener {
+            listener,
+            tls: Some(TlsAcceptor::from(tls)),
+        });
+        self
+    }
+
+    /// Publishes remotes' ports on TCP ports of this range, when they ask.
+    pub fn tcp_ports(mut self, range: TcpPortRange) -> Self {
+        self.tcp_ports = Some(range);
+        self
+    }
+
     /// The relay.
     pub fn build(self) -> Relay {
+        let site = self.domain.map(|domain| HttpSite {
+            domain,
+            listeners: self
+                .public
+                .iter()
+                .filter_map(|public| {
+                    let port = public.listener.local_addr().ok()?.port();
+                    Some((public.scheme(), port))
+                })
+                .collect(),
+        });
+        let endpoints = Endpoints::new(site, self.tcp_ports.map(TcpPorts::new));
         Relay {
-            state: Arc::new(State::new(self.config, self.registry, self.auth)),
+            state: Arc::new(State::new(self.config, self.registry, self.auth, endpoints)),
+            public: self.public,
         }
     }
 }
@@ -69,6 +124,9 @@ impl Relay {
             config: RelayConfig::default(),
             registry: Arc::new(MemoryRegistry::default()),
             auth: Arc::new(AllowAll),
+            domain: None,
+            public: Vec::new(),
+            tcp_ports: None,
         }
     }
 
@@ -99,6 +157,9 @@ impl Relay {
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let state = self.state;
+        for public in self.public {
+            tokio::spawn(crate::http::serve(state.clone(), public));
+        }
         let config = &state.config;
         let transport = &config.transport;
         let router = Server::builder()

@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sesame_proto::v1::{DialRequest, OpenSessionResponse};
-use sesame_tunnel::splice::ToDialer;
+use sesame_proto::v1::OpenSessionResponse;
+use sesame_tunnel::splice::{FromDialer, ToDialer};
 use sesame_tunnel::{SessionId, Ticket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::auth::Authorize;
 use crate::config::RelayConfig;
+use crate::endpoints::Endpoints;
 use crate::registry::Registry;
 
 /// The relay's shared state.
@@ -20,6 +21,8 @@ pub(crate) struct State {
     pub(crate) config: RelayConfig,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) auth: Arc<dyn Authorize>,
+    /// The public endpoints: virtual hosts and TCP ports.
+    pub(crate) endpoints: Endpoints,
     /// Cancelled when the relay begins to shut down: sessions drain and end.
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when the shutdown grace period ends: open connections are cut.
@@ -43,7 +46,7 @@ pub(crate) struct SessionLink {
 pub(crate) struct PendingDial {
     pub(crate) session: SessionId,
     /// The dialer's request stream, after its target.
-    pub(crate) from_dialer: Streaming<DialRequest>,
+    pub(crate) from_dialer: FromDialer,
     /// Where the dial's outcome goes.
     pub(crate) reply: oneshot::Sender<Result<ToDialer, Status>>,
 }
@@ -59,11 +62,13 @@ impl State {
         config: RelayConfig,
         registry: Arc<dyn Registry>,
         auth: Arc<dyn Authorize>,
+        endpoints: Endpoints,
     ) -> Self {
         State {
             config,
             registry,
             auth,
+            endpoints,
             shutdown: CancellationToken::new(),
             cut: CancellationToken::new(),
             sessions: Mutex::default(),

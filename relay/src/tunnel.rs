@@ -1,6 +1,6 @@
 //! `TunnelService`: agent sessions and the data streams they accept dials with.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::{Stream, StreamExt, stream};
 use sesame_proto::v1::tunnel_service_server::TunnelService;
 use sesame_proto::v1::{
-    AcceptConnectionRequest, DialFailure, Drain, ExposedPort, OpenSessionRequest,
+    AcceptConnectionRequest, DialFailure, Drain, ExposeFailure, OpenSessionRequest,
     OpenSessionResponse, PortExposed, Settings, Welcome, accept_connection_request,
     open_session_request, open_session_response,
 };
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::Action;
-use crate::registry::RemoteRecord;
+use crate::registry::{PublicEndpoints, RemoteRecord};
 use crate::remotes::to_proto;
 use crate::state::{SessionLink, State};
 use crate::{first_message, peer_of, port_number};
@@ -81,7 +81,7 @@ impl TunnelService for Tunnel {
         let record = RemoteRecord {
             name: hello.name.clone(),
             session: session.clone(),
-            ports: BTreeSet::new(),
+            ports: BTreeMap::new(),
             connect_time: SystemTime::now(),
             agent_version: hello.agent_version,
             agent_key: hello.agent_key,
@@ -184,7 +184,7 @@ async fn run_session(
     control: ControlSender,
     replaced: CancellationToken,
 ) -> Vec<Result<OpenSessionResponse, Status>> {
-    let mut ports = BTreeSet::new();
+    let mut ports = BTreeMap::new();
     let silence = state.config.transport.dead_peer_timeout();
     let quiet = tokio::time::sleep(silence);
     tokio::pin!(quiet);
@@ -224,6 +224,9 @@ async fn run_session(
     };
     info!(%reason, "remote disconnected");
     state.remove_session(&record.session);
+    state
+        .endpoints
+        .withdraw_session(&record.name, &record.session);
     if let Err(error) = state.registry.release(&record.name, &record.session).await {
         warn!(%error, "could not release the remote's name");
     }
@@ -232,28 +235,43 @@ async fn run_session(
 
 /// Acts on one control message from an agent.
 async fn handle(
-    state: &State,
+    state: &Arc<State>,
     record: &RemoteRecord,
-    ports: &mut BTreeSet<u16>,
+    ports: &mut BTreeMap<u16, PublicEndpoints>,
     message: OpenSessionRequest,
     control: &ControlSender,
 ) -> Result<(), Error> {
     use open_session_request::Message;
     match message.message {
         Some(Message::ExposePort(expose)) => {
-            let port = valid_port(expose.port.map_or(0, |p| p.port))?;
-            ports.insert(port);
-            state
-                .registry
-                .set_ports(&record.name, &record.session, ports.clone())
-                .await?;
-            debug!(port, "port exposed");
-            let confirmation = PortExposed {
-                port: Some(ExposedPort {
-                    port: u32::from(port),
-                }),
+            let request = expose.port.unwrap_or_default();
+            let port = valid_port(request.port)?;
+            let published =
+                state
+                    .endpoints
+                    .publish(state, &record.name, &record.session, port, &request);
+            let answer = match published {
+                Ok((confirmed, public)) => {
+                    ports.insert(port, public);
+                    state
+                        .registry
+                        .set_ports(&record.name, &record.session, ports.clone())
+                        .await?;
+                    debug!(port, "port exposed");
+                    open_session_response::Message::PortExposed(PortExposed {
+                        port: Some(confirmed),
+                    })
+                }
+                Err(refusal) => {
+                    debug!(port, reason = refusal.message(), "port refused");
+                    let status = Error::Status(refusal).to_rpc_status();
+                    open_session_response::Message::ExposeFailure(ExposeFailure {
+                        port: u32::from(port),
+                        status: Some(status),
+                    })
+                }
             };
-            let confirmation = response(open_session_response::Message::PortExposed(confirmation));
+            let confirmation = response(answer);
             // Never wait on the agent here: this loop also serves its dial failures.
             control.try_send(Ok(confirmation)).map_err(|_| {
                 Error::Status(Status::resource_exhausted(
@@ -263,7 +281,10 @@ async fn handle(
         }
         Some(Message::UnexposePort(unexpose)) => {
             let port = valid_port(unexpose.port)?;
-            if ports.remove(&port) {
+            state
+                .endpoints
+                .withdraw(&record.name, &record.session, port);
+            if ports.remove(&port).is_some() {
                 state
                     .registry
                     .set_ports(&record.name, &record.session, ports.clone())

@@ -34,7 +34,10 @@ mod tcp;
 mod ticket;
 mod transport;
 
-pub use agent::{Event, Forward, Listener, Reconnect, Session, SessionBuilder, Stats, Target};
+pub use agent::{
+    Event, Forward, HttpProtocol, HttpPublish, Listener, Publish, Published, Reconnect, Session,
+    SessionBuilder, Stats, Target, TcpPublish,
+};
 pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
 pub use error::{

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt, future, stream};
 use sesame_proto::v1::{
     AcceptConnectionRequest, AcceptConnectionResponse, DialOpened, DialRequest, DialResponse,
     dial_response,
@@ -26,8 +26,11 @@ use sesame_proto::v1::{
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Code, Status};
 
+use crate::connection::ConnectionInfo;
 use crate::frame::{ClientMessage, Outbound, ServerMessage};
+use crate::pipe::{PipeWriter, pipe};
 use crate::settings::MAX_CHUNK_BYTES;
+use crate::{Connection, RemoteName, TransportSettings};
 
 /// The longest reset reason passed on from one peer to the other.
 const MAX_RESET_REASON: usize = 256;
@@ -75,6 +78,44 @@ where
         Box::pin(stream::once(async { Ok(opened) }).chain(to_dialer)),
         Box::pin(to_agent),
     )
+}
+
+/// A dialer's request stream after its target, as `splice` takes it.
+pub type FromDialer = Pin<Box<dyn Stream<Item = Result<DialRequest, Status>> + Send>>;
+
+/// The dialer's end of a dial that begins inside the relay's own process (a public
+/// endpoint) instead of on a Dial call.
+///
+/// [`LocalDial::new`] gives the request stream to splice like a Dial call's; once the agent
+/// has accepted, [`connect`](LocalDial::connect) turns the splice's [`ToDialer`] into a
+/// [`Connection`] the relay reads and writes like any socket.
+pub struct LocalDial {
+    writer: PipeWriter,
+}
+
+impl LocalDial {
+    /// Starts a local dial: what it writes goes out in chunks of `settings.chunk_bytes`.
+    pub fn new(settings: &TransportSettings) -> (LocalDial, FromDialer) {
+        let chunk = settings.chunk_bytes.max(1);
+        let (writer, reader) = pipe(settings.write_buffer.max(chunk), chunk);
+        let requests = reader.map(|outbound| Ok(DialRequest::from_outbound(outbound)));
+        (LocalDial { writer }, Box::pin(requests))
+    }
+
+    /// The connection, once the agent has accepted the dial: `to_dialer` is what `splice`
+    /// returned for the dialer.
+    pub fn connect(self, to_dialer: ToDialer, remote: RemoteName, port: u16) -> Connection {
+        let inbound = to_dialer.filter_map(|message| {
+            future::ready(match message {
+                Ok(DialResponse {
+                    message: Some(dial_response::Message::Opened(_)),
+                }) => None,
+                other => Some(other.and_then(DialResponse::into_inbound)),
+            })
+        });
+        let info = ConnectionInfo::new(remote, port, None);
+        Connection::new(Box::pin(inbound), self.writer, info, None)
+    }
 }
 
 /// One direction of a spliced connection, and who is at either end of it.

@@ -20,6 +20,8 @@ const MAX_PAGES: usize = 1000;
 struct RemoteRow {
     name: String,
     ports: Vec<u32>,
+    /// The public endpoints: virtual host URLs and `tcp://host:port` addresses.
+    public: Vec<String>,
     /// RFC 3339, UTC.
     connect_time: Option<String>,
     agent_version: String,
@@ -32,6 +34,15 @@ impl RemoteRow {
                 .map(|name| name.to_string())
                 .unwrap_or(remote.name),
             ports: remote.ports.iter().map(|p| p.port).collect(),
+            public: remote
+                .ports
+                .iter()
+                .flat_map(|port| {
+                    let urls = port.http.iter().flat_map(|http| http.urls.iter().cloned());
+                    let tcp = port.tcp.iter().map(|tcp| format!("tcp://{}", tcp.address));
+                    urls.chain(tcp)
+                })
+                .collect(),
             connect_time: remote
                 .connect_time
                 .and_then(|t| SystemTime::try_from(t).ok())
@@ -73,9 +84,9 @@ pub async fn run(relay: RelayUrl, args: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows as an aligned table: name, ports, connected since, agent.
+/// The rows as an aligned table: name, ports, connected since, agent, public endpoints.
 fn table(rows: &[RemoteRow], now: SystemTime) -> String {
-    let cells: Vec<[String; 4]> = rows
+    let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|row| {
             let ports = row
@@ -90,11 +101,18 @@ fn table(rows: &[RemoteRow], now: SystemTime) -> String {
                 .and_then(|t| humantime::parse_rfc3339(t).ok())
                 .map(|t| since(t, now))
                 .unwrap_or_else(|| "-".to_owned());
-            [row.name.clone(), ports, since, row.agent_version.clone()]
+            let public = row.public.join(" ");
+            [
+                row.name.clone(),
+                ports,
+                since,
+                row.agent_version.clone(),
+                public,
+            ]
         })
         .collect();
-    let header = ["NAME", "PORTS", "CONNECTED", "AGENT"].map(str::to_owned);
-    let mut widths = [0; 4];
+    let header = ["NAME", "PORTS", "CONNECTED", "AGENT", "PUBLIC"].map(str::to_owned);
+    let mut widths = [0; 5];
     for row in std::iter::once(&header).chain(&cells) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -135,20 +153,22 @@ mod tests {
             RemoteRow {
                 name: "device-42".into(),
                 ports: vec![22, 80],
+                public: vec!["https://device-42.example.com".into()],
                 connect_time: Some("2026-11-23T11:55:00Z".into()),
                 agent_version: "sesame/0.1.0".into(),
             },
             RemoteRow {
                 name: "pi".into(),
                 ports: vec![],
+                public: vec![],
                 connect_time: None,
                 agent_version: String::new(),
             },
         ];
         assert_eq!(
             table(&rows, now),
-            "NAME       PORTS  CONNECTED  AGENT\n\
-             device-42  22,80  5m ago     sesame/0.1.0\n\
+            "NAME       PORTS  CONNECTED  AGENT         PUBLIC\n\
+             device-42  22,80  5m ago     sesame/0.1.0  https://device-42.example.com\n\
              pi                -\n"
         );
     }

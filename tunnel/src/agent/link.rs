@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sesame_proto::v1::tunnel_service_client::TunnelServiceClient;
 use sesame_proto::v1::{
-    ExposePort, ExposedPort, OpenSessionRequest, OpenSessionResponse, UnexposePort,
-    open_session_request, open_session_response,
+    ExposePort, OpenSessionRequest, OpenSessionResponse, UnexposePort, open_session_request,
+    open_session_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +17,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tracing::debug;
 
+use super::publish::Publish;
 use crate::handshake::{accept_welcome, hello};
 use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use crate::{AgentKey, Error, RelayUrl, RemoteName, SessionId, TransportSettings};
@@ -75,12 +76,10 @@ impl Link {
         }
     }
 
-    /// Asks the relay to expose `port`.
-    pub(super) fn expose(&self, port: u16) {
+    /// Asks the relay to expose `port`, published as `publish` says.
+    pub(super) fn expose(&self, port: u16, publish: &Publish) {
         self.send_control(open_session_request::Message::ExposePort(ExposePort {
-            port: Some(ExposedPort {
-                port: u32::from(port),
-            }),
+            port: Some(publish.to_proto(port)),
         }));
     }
 

@@ -82,6 +82,22 @@ pub enum Event {
     },
     /// The session is registered again and every port is exposed again.
     Reconnected,
+    /// The relay published a port at other endpoints than before (after a reconnect, a TCP
+    /// port that was taken meanwhile).
+    Republished {
+        /// The exposed port.
+        port: u16,
+        /// Where it is published now.
+        published: super::Published,
+    },
+    /// The relay refused to publish a port again after a reconnect: dials to it fail until it
+    /// is exposed again.
+    ExposeFailed {
+        /// The exposed port.
+        port: u16,
+        /// Why.
+        error: String,
+    },
 }
 
 #[derive(Default)]

@@ -13,12 +13,13 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 use tonic::transport::Channel;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, Forward, Target};
 use super::link::{Link, Registration};
 use super::listener::Listener;
 use super::observe::{Event, Observer, Stats};
+use super::publish::{Publish, Published};
 use super::reconnect::Reconnect;
 use super::supervisor::supervise;
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
@@ -182,8 +183,19 @@ impl Session {
     ///
     /// Returns once the relay has confirmed the port: from then on dials reach the listener.
     pub async fn listen(&self, port: u16) -> Result<Listener, Error> {
+        self.listen_with(port, Publish::none()).await
+    }
+
+    /// Exposes `port`, published as `publish` says, and returns the stream of connections
+    /// dialed to it or made to its public endpoints.
+    ///
+    /// Fails with the relay's refusal when it cannot publish the port (a TCP port that is
+    /// taken, HTTP on a relay without a domain); the session carries on.
+    pub async fn listen_with(&self, port: u16, publish: Publish) -> Result<Listener, Error> {
         let (sender, incoming) = mpsc::channel(LISTENER_BACKLOG);
-        self.shared().expose(port, Route::Listener(sender)).await?;
+        self.shared()
+            .expose(port, Route::Listener(sender), publish)
+            .await?;
         Ok(Listener::new(self.clone(), port, incoming))
     }
 
@@ -192,10 +204,31 @@ impl Session {
     /// The agent connects to the target when a dial arrives; if the target refuses, the dial
     /// fails with [`Error::TargetRefused`] and the session carries on.
     pub async fn forward(&self, port: u16, target: Target) -> Result<Forward, Error> {
+        self.forward_with(port, target, Publish::none()).await
+    }
+
+    /// Exposes `port`, published as `publish` says, and forwards each of its connections to
+    /// `target`. Fails like [`listen_with`](Self::listen_with).
+    pub async fn forward_with(
+        &self,
+        port: u16,
+        target: Target,
+        publish: Publish,
+    ) -> Result<Forward, Error> {
         self.shared()
-            .expose(port, Route::Forward(target.clone()))
+            .expose(port, Route::Forward(target.clone()), publish)
             .await?;
         Ok(Forward::new(self.clone(), port, target))
+    }
+
+    /// Where the relay currently publishes `port`; empty for a port published nowhere or not
+    /// exposed.
+    pub fn published(&self, port: u16) -> Published {
+        lock(&self.shared().routing)
+            .routes
+            .get(&port)
+            .map(|exposure| exposure.published.clone())
+            .unwrap_or_default()
     }
 
     /// Totals of the session's connections so far.
@@ -232,13 +265,24 @@ enum Route {
     Forward(Target),
 }
 
+/// An exposed port: what serves it, how it is to be published, and where it is.
+#[derive(Debug)]
+struct Exposure {
+    route: Route,
+    publish: Publish,
+    published: Published,
+}
+
 /// The exposed ports, and the link they are currently exposed on. One lock, so that a port
 /// exposed while the agent reconnects is either seen by the new link or sent on it.
 #[derive(Debug, Default)]
 struct Routing {
     link: Option<Arc<Link>>,
-    routes: HashMap<u16, Route>,
+    routes: HashMap<u16, Exposure>,
 }
+
+/// What the relay answers to an ExposePort.
+pub(super) type ExposeOutcome = Result<Published, Error>;
 
 /// The state a session's handles and its tasks share.
 #[derive(Debug)]
@@ -248,7 +292,7 @@ pub(super) struct Shared {
     pub(super) reconnect: Option<Reconnect>,
     routing: Mutex<Routing>,
     /// Who waits for the relay to confirm a port.
-    acks: Mutex<HashMap<u16, Vec<oneshot::Sender<()>>>>,
+    acks: Mutex<HashMap<u16, Vec<oneshot::Sender<ExposeOutcome>>>>,
     pub(super) observer: Observer,
     /// Why the session ended, once it has.
     closed: watch::Sender<Option<String>>,
@@ -270,7 +314,7 @@ impl Shared {
             .unwrap_or_else(|| "the session is closing".to_owned())
     }
 
-    async fn expose(&self, port: u16, route: Route) -> Result<(), Error> {
+    async fn expose(&self, port: u16, route: Route, publish: Publish) -> Result<(), Error> {
         if port == 0 {
             return Err(Error::Status(Status::invalid_argument(
                 "port 0 cannot be exposed",
@@ -287,16 +331,26 @@ impl Shared {
             if routing.routes.contains_key(&port) {
                 return Err(Error::PortInUse { port });
             }
-            routing.routes.insert(port, route);
-            lock(&self.acks).entry(port).or_default().push(ack);
             // While the agent reconnects there is no link: the new one exposes the port.
             if let Some(link) = &routing.link {
-                link.expose(port);
+                link.expose(port, &publish);
             }
+            let exposure = Exposure {
+                route,
+                publish,
+                published: Published::default(),
+            };
+            routing.routes.insert(port, exposure);
+            lock(&self.acks).entry(port).or_default().push(ack);
         }
         let timeout = self.registration.settings.handshake_timeout;
         let outcome = match tokio::time::timeout(timeout, acked).await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(Ok(_))) => return Ok(()),
+            Ok(Ok(Err(refused))) => {
+                // The relay did not expose the port: forget it without withdrawing it.
+                lock(&self.routing).routes.remove(&port);
+                return Err(refused);
+            }
             Ok(Err(_)) => Error::SessionClosed {
                 reason: self.close_reason(),
             },
@@ -321,18 +375,18 @@ impl Shared {
 
     /// Makes `link` the session's link and exposes every port on it. Returns what confirms
     /// them.
-    pub(super) fn install(&self, link: &Arc<Link>) -> Vec<oneshot::Receiver<()>> {
+    pub(super) fn install(&self, link: &Arc<Link>) -> Vec<(u16, oneshot::Receiver<ExposeOutcome>)> {
         let mut routing = lock(&self.routing);
         routing.link = Some(link.clone());
         let mut acks = lock(&self.acks);
         routing
             .routes
-            .keys()
-            .map(|&port| {
+            .iter()
+            .map(|(&port, exposure)| {
                 let (ack, acked) = oneshot::channel();
                 acks.entry(port).or_default().push(ack);
-                link.expose(port);
-                acked
+                link.expose(port, &exposure.publish);
+                (port, acked)
             })
             .collect()
     }
@@ -400,7 +454,10 @@ impl Shared {
         let Ok(port) = u16::try_from(notice.port) else {
             return Err(Error::protocol("a dial notice named a port above 65535"));
         };
-        let route = lock(&self.routing).routes.get(&port).cloned();
+        let route = lock(&self.routing)
+            .routes
+            .get(&port)
+            .map(|exposure| exposure.route.clone());
         match route {
             None => {
                 let name = self.registration.name.to_string();
@@ -438,17 +495,40 @@ impl Shared {
         match message.message {
             Some(Message::DialNotice(notice)) => self.dispatch(link, notice)?,
             Some(Message::PortExposed(exposed)) => {
-                let port = exposed.port.map_or(0, |p| p.port);
-                let waiting = u16::try_from(port)
-                    .ok()
-                    .and_then(|port| lock(&self.acks).remove(&port))
-                    .unwrap_or_default();
-                if waiting.is_empty() {
-                    // Exposed twice while reconnecting: the first confirmation answered both.
-                    debug!(port, "the relay confirmed a port nobody waits for");
+                let exposed = exposed.port.unwrap_or_default();
+                let published = Published::from_proto(&exposed);
+                let Ok(port) = u16::try_from(exposed.port) else {
+                    return Err(Error::protocol("the relay confirmed a port above 65535"));
+                };
+                let changed = match lock(&self.routing).routes.get_mut(&port) {
+                    Some(exposure) if exposure.published != published => {
+                        let before = std::mem::replace(&mut exposure.published, published.clone());
+                        !before.is_empty()
+                    }
+                    _ => false,
+                };
+                if changed {
+                    info!(port, %published, "the relay published the port elsewhere");
+                    let event = Event::Republished {
+                        port,
+                        published: published.clone(),
+                    };
+                    self.observer.emit(event);
                 }
-                for ack in waiting {
-                    let _ = ack.send(());
+                self.answer(port, &|| Ok(published.clone()));
+            }
+            Some(Message::ExposeFailure(failure)) => {
+                let Ok(port) = u16::try_from(failure.port) else {
+                    return Err(Error::protocol("the relay refused a port above 65535"));
+                };
+                let status = failure.status.unwrap_or_default();
+                let code = tonic::Code::from_i32(status.code);
+                let message = status.message.clone();
+                let details = prost::Message::encode_to_vec(&status);
+                let status = Status::with_details(code, message, details.into());
+                let error = || Error::from_status(status.clone());
+                if !self.answer(port, &|| Err(error())) {
+                    warn!(port, error = %error(), "the relay refused a port nobody waits for");
                 }
             }
             Some(Message::Drain(drain)) => {
@@ -464,6 +544,20 @@ impl Shared {
             None => return Err(Error::protocol("an empty control message")),
         }
         Ok(())
+    }
+
+    /// Answers whoever waits for the relay's word on `port`; whether anyone did.
+    fn answer(&self, port: u16, outcome: &dyn Fn() -> ExposeOutcome) -> bool {
+        let waiting = lock(&self.acks).remove(&port).unwrap_or_default();
+        if waiting.is_empty() {
+            // Exposed twice while reconnecting: the first answer served both.
+            debug!(port, "the relay answered for a port nobody waits for");
+        }
+        let mut anyone = false;
+        for ack in waiting {
+            anyone |= ack.send(outcome()).is_ok();
+        }
+        anyone
     }
 
     /// Marks the session closed for good: listeners end, pending exposes fail.

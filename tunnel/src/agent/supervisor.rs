@@ -87,12 +87,27 @@ pub(super) async fn supervise(
         let observer = shared.observer.clone();
         let timeout = shared.registration.settings.handshake_timeout;
         tokio::spawn(async move {
-            let confirmed = futures_util::future::join_all(confirmations);
-            if tokio::time::timeout(timeout, confirmed).await.is_ok() {
+            let confirmed = futures_util::future::join_all(
+                confirmations
+                    .into_iter()
+                    .map(|(port, answer)| async move { (port, answer.await) }),
+            );
+            let Ok(answers) = tokio::time::timeout(timeout, confirmed).await else {
+                warn!("reconnected, but the relay did not confirm every port in time");
+                return;
+            };
+            let mut refused = false;
+            for (port, answer) in answers {
+                if let Ok(Err(error)) = answer {
+                    warn!(port, %error, "the relay refused to expose the port again");
+                    let error = error.to_string();
+                    observer.emit(Event::ExposeFailed { port, error });
+                    refused = true;
+                }
+            }
+            if !refused {
                 info!("reconnected to the relay");
                 observer.emit(Event::Reconnected);
-            } else {
-                warn!("reconnected, but the relay did not confirm every port in time");
             }
         });
     };

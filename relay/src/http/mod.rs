@@ -1,0 +1,232 @@
+//! The public HTTP listeners: virtual hosts `NAME.DOMAIN` in front of the HTTP services that
+//! remotes publish, over HTTP/1.1 and HTTP/2, in plaintext (h2c with prior knowledge) or TLS
+//! (h2 through ALPN).
+//!
+//! The relay is a full reverse proxy here, not a byte pipe: it reads each request, picks the
+//! remote by `Host` (`:authority` in HTTP/2), adds forwarding headers, and streams bodies
+//! both ways without buffering them. Protocol switches (WebSocket) pass through on HTTP/1.1.
+//! - `proxy`: one request; `backend`: connections to the services; `headers`: what a proxy
+//!   changes; `pages`: the relay's own answers.
+
+mod backend;
+mod headers;
+mod pages;
+mod proxy;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sesame_tunnel::io_reason;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::state::State;
+use backend::Backends;
+use proxy::Proxy;
+
+/// The body of what the relay answers: the service's, or a page of its own.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A public HTTP listener, with TLS for HTTPS.
+pub(crate) struct PublicListener {
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+impl PublicListener {
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// Serves one public listener until the relay shuts down.
+pub(crate) async fn serve(state: Arc<State>, public: PublicListener) {
+    let scheme = public.scheme();
+    loop {
+        let accepted = tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            accepted = public.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let _ = tcp.set_nodelay(true);
+                let span = info_span!("http", %client, scheme);
+                let serving = serve_connection(state.clone(), tcp, client, public.tls.clone());
+                tokio::spawn(serving.instrument(span));
+            }
+            // Out of file descriptors and the like: the next accept may succeed.
+            Err(error) => warn!(error = %io_reason(&error), "accepting a connection failed"),
+        }
+    }
+}
+
+/// The protocol a client connection speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Http1,
+    Http2,
+}
+
+/// Serves one client connection: TLS first for HTTPS, then HTTP/1.1 or HTTP/2.
+async fn serve_connection(
+    state: Arc<State>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
+    let head_timeout = state.config.http.head_timeout;
+    match tls {
+        Some(acceptor) => {
+            let Ok(accepted) = tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await
+            else {
+                debug!("no TLS handshake in time");
+                return;
+            };
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(error = %io_reason(&error), "TLS handshake failed");
+                    return;
+                }
+            };
+            let version = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Version::Http2,
+                _ => Version::Http1,
+            };
+            serve_http(state, stream, client, "https", version).await;
+        }
+        None => {
+            let Ok(version) = tokio::time::timeout(head_timeout, sniff(&tcp)).await else {
+                debug!("no request in time");
+                return;
+            };
+            match version {
+                Ok(version) => serve_http(state, tcp, client, "http", version).await,
+                Err(error) => debug!(error = %io_reason(&error), "reading the request failed"),
+            }
+        }
+    }
+}
+
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the connection's first bytes, without
+/// consuming them.
+async fn sniff(tcp: &TcpStream) -> io::Result<Version> {
+    let mut buf = [0; H2_PREFACE.len()];
+    // Each peek returns what has arrived so far; a new peek waits for more. The preface is
+    // 24 bytes, so this takes at most 24 rounds.
+    for _ in 0..=H2_PREFACE.len() {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(Version::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Version::Http2);
+        }
+        tcp.readable().await?;
+    }
+    Ok(Version::Http1)
+}
+
+/// Serves HTTP on a connection until the client closes it, the relay's grace period ends,
+/// or (after a graceful shutdown) its open requests finish.
+async fn serve_http<IO>(
+    state: Arc<State>,
+    io: IO,
+    client: SocketAddr,
+    scheme: &'static str,
+    version: Version,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let backends = Backends::new(state.clone(), client.to_string());
+    let proxy = Arc::new(Proxy::new(state.clone(), backends, client, scheme));
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
+    });
+    let config = &state.config.http;
+    let io = TokioIo::new(io);
+    let result = match version {
+        Version::Http1 => {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.head_timeout)
+                .max_buf_size(config.max_head_bytes)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(&state, connection, |c| c.as_mut().graceful_shutdown()).await
+        }
+        Version::Http2 => {
+            let transport = &state.config.transport;
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(config.max_head_bytes as u32)
+                .max_concurrent_streams(config.max_streams)
+                .initial_stream_window_size(transport.stream_window)
+                .initial_connection_window_size(transport.connection_window)
+                .max_frame_size(transport.max_frame_size)
+                .keep_alive_interval(transport.keepalive_interval)
+                .keep_alive_timeout(transport.keepalive_timeout)
+                .serve_connection(io, service);
+            drive(&state, connection, |c| c.as_mut().graceful_shutdown()).await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "the connection ended with an error");
+    }
+}
+
+/// Runs a connection; when the relay shuts down, lets it finish its open requests, and cuts
+/// it when the grace period ends.
+async fn drive<C>(
+    state: &State,
+    connection: C,
+    graceful_shutdown: impl FnOnce(&mut std::pin::Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = &mut connection => return result,
+        () = state.shutdown.cancelled() => graceful_shutdown(&mut connection),
+    }
+    tokio::select! {
+        result = &mut connection => result,
+        () = state.cut.cancelled() => Ok(()),
+    }
+}
+
+/// Settings of the public HTTP listeners.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// How long a client may take to send a request head (and, for HTTPS, its TLS handshake)
+    /// before the connection is cut.
+    pub head_timeout: Duration,
+    /// The largest request head; larger ones get `431 Request Header Fields Too Large`.
+    pub max_head_bytes: usize,
+    /// The most concurrent requests on one HTTP/2 client connection.
+    pub max_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 << 10,
+            max_streams: 256,
+        }
+    }
+}
