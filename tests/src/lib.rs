@@ -18,9 +18,12 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 pub mod grpc_echo;
 pub mod http_backend;
+pub mod process;
+pub mod python;
 
 pub use grpc_echo::GrpcEcho;
 pub use http_backend::{HttpBackend, expected_download};
+pub use python::{WsEchoServer, python, require_python_modules};
 
 /// The README's Rust example, compiled as a doctest so that it stays true.
 #[cfg(doctest)]
