@@ -16,6 +16,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+pub mod grpc_echo;
+pub mod http_backend;
+pub mod process;
+pub mod python;
+
+pub use grpc_echo::GrpcEcho;
+pub use http_backend::{HttpBackend, expected_download};
+pub use python::{WsEchoServer, python, require_python_modules};
+
 /// The README's Rust example, compiled as a doctest so that it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
@@ -196,6 +205,11 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 /// The SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
+}
+
+/// Lower-case hex of `bytes`, as `sha256sum` and the fixtures' JSON reports write hashes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads `reader` to its end, returning the byte count and the SHA-256 of what was read.
