@@ -24,11 +24,13 @@
 //! - `remotes`: `GetRemote` and `ListRemotes`;
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
 //! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes;
+//! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings.
 
 pub mod auth;
 pub mod config;
 mod dialer;
+pub mod proxy_protocol;
 pub mod registry;
 mod remotes;
 mod server;
