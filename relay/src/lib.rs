@@ -24,6 +24,7 @@
 //! - `remotes`: `GetRemote` and `ListRemotes`;
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
 //! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes;
+//! - [`tls`]: the certificate for TLS, reloaded when its files change;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings.
 
@@ -35,6 +36,7 @@ pub mod registry;
 mod remotes;
 mod server;
 mod state;
+pub mod tls;
 mod tunnel;
 
 use std::time::Duration;
