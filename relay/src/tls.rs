@@ -5,7 +5,9 @@
 //! [`reload`](ReloadingCertificate::reload) (on `SIGHUP`, say) or running
 //! [`watch`](ReloadingCertificate::watch) swaps in the files' new contents; a reload that fails
 //! keeps the certificate being served. Either way, connections already open are left alone:
-//! a certificate only matters during a handshake.
+//! a certificate only matters during a handshake. (A client that resumes a TLS session from
+//! before a reload is not sent a certificate at all: the session keeps the one it was made
+//! with.)
 //!
 //! Only the `ring` crypto provider is used, and it is passed explicitly, so the process needs
 //! no default provider.
