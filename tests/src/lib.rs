@@ -19,6 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 pub mod grpc_echo;
 pub mod http_backend;
 pub mod process;
+pub mod public;
 pub mod python;
 
 pub use grpc_echo::GrpcEcho;

@@ -1,6 +1,8 @@
 //! Running real peers (curl, python3 scripts) as processes, with every wait bounded.
 
+use std::path::PathBuf;
 use std::process::{ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -175,4 +177,54 @@ fn forward_lines(
             }
         }
     });
+}
+
+/// A fresh directory for one test.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sesame-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `curl -sS` without any proxy, dumping the response head to stderr, with `args`; fails
+/// the test unless curl succeeds. Returns the body (stdout) and the head (stderr).
+pub async fn curl(args: &[&str]) -> (Vec<u8>, String) {
+    require_tool("curl");
+    let mut command = Command::new("curl");
+    command
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "60",
+            "-D",
+            "/dev/stderr",
+        ])
+        .args(args);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run(command).await;
+    let stderr = text(&stderr);
+    assert!(
+        status.success(),
+        "curl {args:?} failed ({status}):\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// The value of header `name` in a dumped response head, if any.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }

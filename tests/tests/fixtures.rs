@@ -1,12 +1,8 @@
 //! The services and clients that the virtual-host tests put the relay between, checked
 //! against each other directly, without a tunnel, so that a failure there is the tunnel's.
 
-use std::path::PathBuf;
-use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use sesame_tests::http_backend::{CHUNKED_PARTS, chunked_body};
-use sesame_tests::process::{require_tool, run, text};
+use sesame_tests::process::{curl, header, scratch_dir, text};
 use sesame_tests::python::{grpc_echo_client, ws_echo_client};
 use sesame_tests::{
     GrpcEcho, HttpBackend, WsEchoServer, expected_download, hash_to_end, hex, random_bytes, sha256,
@@ -14,7 +10,6 @@ use sesame_tests::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 const MIB: usize = 1 << 20;
 
@@ -24,56 +19,6 @@ const VERSIONS: [(&str, &str); 2] = [
     ("--http1.1", "HTTP/1.1 "),
     ("--http2-prior-knowledge", "HTTP/2 "),
 ];
-
-/// A fresh directory for one test.
-fn scratch_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "fixtures-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `curl -sS` without any proxy, dumping the response head to stderr, with `args`; fails
-/// the test unless curl succeeds. Returns the body (stdout) and the head (stderr).
-async fn curl(args: &[&str]) -> (Vec<u8>, String) {
-    require_tool("curl");
-    let mut command = Command::new("curl");
-    command
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "60",
-            "-D",
-            "/dev/stderr",
-        ])
-        .args(args);
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = run(command).await;
-    let stderr = text(&stderr);
-    assert!(
-        status.success(),
-        "curl {args:?} failed ({status}):\n{stderr}"
-    );
-    (stdout, stderr)
-}
-
-/// The value of header `name` in a dumped response head, if any.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
 
 #[tokio::test]
 async fn downloads_are_the_seeded_bytes_over_both_versions() {

@@ -12,18 +12,19 @@ mod backend;
 mod headers;
 mod pages;
 mod proxy;
+mod rewind;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sesame_tunnel::io_reason;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
@@ -31,6 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::state::State;
 use backend::Backends;
 use proxy::Proxy;
+use rewind::Rewind;
 
 /// The body of what the relay answers: the service's, or a page of its own.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -107,35 +109,36 @@ async fn serve_connection(
             serve_http(state, stream, client, "https", version).await;
         }
         None => {
-            let Ok(version) = tokio::time::timeout(head_timeout, sniff(&tcp)).await else {
+            let mut tcp = tcp;
+            let Ok(read) = tokio::time::timeout(head_timeout, sniff(&mut tcp)).await else {
                 debug!("no request in time");
                 return;
             };
-            match version {
-                Ok(version) => serve_http(state, tcp, client, "http", version).await,
+            match read {
+                Ok((version, prefix)) => {
+                    let stream = Rewind::new(prefix, tcp);
+                    serve_http(state, stream, client, "http", version).await;
+                }
                 Err(error) => debug!(error = %io_reason(&error), "reading the request failed"),
             }
         }
     }
 }
 
-/// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the connection's first bytes, without
-/// consuming them.
-async fn sniff(tcp: &TcpStream) -> io::Result<Version> {
-    let mut buf = [0; H2_PREFACE.len()];
-    // Each peek returns what has arrived so far; a new peek waits for more. The preface is
-    // 24 bytes, so this takes at most 24 rounds.
-    for _ in 0..=H2_PREFACE.len() {
-        let n = tcp.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(Version::Http1);
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the connection's first bytes; returns
+/// them, to be read again.
+async fn sniff(tcp: &mut TcpStream) -> io::Result<(Version, Bytes)> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    // Each read adds at least a byte, so this takes at most as many rounds as the preface has
+    // bytes.
+    while buf.len() < H2_PREFACE.len() {
+        let read = tcp.read_buf(&mut buf).await?;
+        let common = buf.len().min(H2_PREFACE.len());
+        if read == 0 || buf[..common] != H2_PREFACE[..common] {
+            return Ok((Version::Http1, buf.freeze()));
         }
-        if n == H2_PREFACE.len() {
-            return Ok(Version::Http2);
-        }
-        tcp.readable().await?;
     }
-    Ok(Version::Http1)
+    Ok((Version::Http2, buf.freeze()))
 }
 
 /// Serves HTTP on a connection until the client closes it, the relay's grace period ends,
@@ -162,7 +165,7 @@ async fn serve_http<IO>(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(config.head_timeout)
-                .max_buf_size(config.max_head_bytes)
+                .max_header_size(config.max_head_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
             drive(&state, connection, |c| c.as_mut().graceful_shutdown()).await

@@ -1,0 +1,147 @@
+//! A relay with public endpoints for tests: plain HTTP and HTTPS virtual hosts under
+//! `tunnel.test`, with a certificate from a throwaway CA, and a few TCP ports.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use sesame_relay::tls::ReloadingCertificate;
+use sesame_relay::{Relay, RelayConfig, TcpPortRange};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::process::scratch_dir;
+use sesame_tunnel::RelayUrl;
+
+/// The domain the test relay serves virtual hosts under.
+pub const DOMAIN: &str = "tunnel.test";
+
+/// A relay with HTTP and HTTPS virtual hosts and TCP ports, stopped when dropped.
+pub struct PublicRelay {
+    /// Where agents and dialers reach it.
+    pub url: RelayUrl,
+    /// The plain HTTP listener.
+    pub http: SocketAddr,
+    /// The HTTPS listener.
+    pub https: SocketAddr,
+    /// The CA that signed the relay's wildcard certificate, PEM.
+    pub ca: PathBuf,
+    /// The certificate files, to rewrite for a reload.
+    pub cert_files: (PathBuf, PathBuf),
+    /// The certificate the HTTPS listener serves.
+    pub certificate: std::sync::Arc<ReloadingCertificate>,
+    /// The TCP ports it publishes on.
+    pub tcp_ports: RangeInclusive<u16>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// A CA, and a certificate for `*.tunnel.test` it signed: written as PEM files into `dir`.
+/// Returns the paths of the CA certificate, the leaf chain and the leaf key.
+pub fn wildcard_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sesame test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params = CertificateParams::new(vec![format!("*.{DOMAIN}")]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A range of `count` TCP ports that were free a moment ago, next to an ephemeral port.
+pub async fn free_port_range(count: u16) -> RangeInclusive<u16> {
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let first = probe.local_addr().unwrap().port().min(65535 - count);
+    drop(probe);
+    first..=first + count - 1
+}
+
+impl PublicRelay {
+    /// Starts a relay with `config` on loopback, with `tcp_ports` TCP ports.
+    pub async fn start(config: RelayConfig, tcp_ports: u16) -> Self {
+        let dir = scratch_dir();
+        let (ca, cert, key) = wildcard_certificate(&dir);
+        let certificate = ReloadingCertificate::load(&cert, &key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+        let range = free_port_range(tcp_ports).await;
+        let relay = Relay::builder()
+            .config(config)
+            .domain(DOMAIN)
+            .http_listener(http)
+            .https_listener(https, certificate.server_config())
+            .tcp_ports(TcpPortRange {
+                bind: [127, 0, 0, 1].into(),
+                ports: range.clone(),
+                public_host: "127.0.0.1".to_owned(),
+            })
+            .build();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the relay failed");
+        });
+        PublicRelay {
+            url,
+            http: http_addr,
+            https: https_addr,
+            ca,
+            cert_files: (cert, key),
+            certificate,
+            tcp_ports: range,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The virtual host of remote `name` on the HTTP listener, `http://NAME.tunnel.test:PORT`.
+    pub fn http_url(&self, name: &str) -> String {
+        format!("http://{name}.{DOMAIN}:{}", self.http.port())
+    }
+
+    /// The virtual host of remote `name` on the HTTPS listener.
+    pub fn https_url(&self, name: &str) -> String {
+        format!("https://{name}.{DOMAIN}:{}", self.https.port())
+    }
+
+    /// curl's `--resolve` entries that send `name`'s virtual hosts to the listeners.
+    pub fn resolve(&self, name: &str) -> [String; 4] {
+        [
+            "--resolve".to_owned(),
+            format!("{name}.{DOMAIN}:{}:127.0.0.1", self.http.port()),
+            "--resolve".to_owned(),
+            format!("{name}.{DOMAIN}:{}:127.0.0.1", self.https.port()),
+        ]
+    }
+}
+
+impl Drop for PublicRelay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
