@@ -255,7 +255,14 @@ impl Relay {
 
     /// A relay on `addr`: the address of one that has stopped, to stand in for it.
     pub fn start_on(addr: &str) -> Relay {
-        let mut proc = Proc::sesame(&["relay", "serve", "--listen", addr, "--grace", "2s"]);
+        Relay::start_with(addr, &[])
+    }
+
+    /// A relay on `addr` with more `relay serve` arguments.
+    pub fn start_with(addr: &str, extra: &[&str]) -> Relay {
+        let mut args = vec!["relay", "serve", "--listen", addr, "--grace", "2s"];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::sesame(&args);
         let line = proc.wait_for(|line| line.starts_with("relay listening on "));
         let addr = line.trim_start_matches("relay listening on ").to_owned();
         Relay {
