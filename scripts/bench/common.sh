@@ -67,17 +67,22 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
-# Prints LOW-HIGH, COUNT consecutive ports that are free now on 127.0.0.1 (for --tcp-ports):
-# the first from the kernel (port 0), the others checked, up to 100 tries.
+# Prints LOW-HIGH, COUNT consecutive ports that are free now on 127.0.0.1 (for --tcp-ports),
+# up to 100 tries. They are drawn below the kernel's ephemeral range: there no client
+# connection holds a port (a busy run leaves thousands in TIME_WAIT) and no `bind(0)` picks one.
 free_port_range() {
-  python3 -c 'import socket, sys
+  python3 -c 'import random, socket, sys
 count = int(sys.argv[1])
+try:
+    first_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError):
+    first_ephemeral = 32768
+low, high = (10000, first_ephemeral - count) if first_ephemeral - count > 11000 else (1024, 65536 - count)
 for _ in range(100):
-    held = [socket.socket()]
-    held[0].bind(("127.0.0.1", 0))
-    low = held[0].getsockname()[1]
+    start = random.randrange(low, high)
+    held = []
     try:
-        for port in range(low + 1, low + count):
+        for port in range(start, start + count):
             s = socket.socket()
             held.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +92,7 @@ for _ in range(100):
     finally:
         for s in held:
             s.close()
-    print(f"{low}-{low + count - 1}")
+    print(f"{start}-{start + count - 1}")
     break
 else:
     sys.exit(f"no {count} consecutive free ports found")' "$1"
