@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures Sesame side by side with its peers, all on loopback, in one run: direct loopback (the
-# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame through
-# `connect --listen`. Each path forwards to the same iperf3 server and the same echo server.
+# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame two ways: through
+# `connect --listen`, and through a public TCP port of the relay. Each path forwards to the same
+# iperf3 server and the same echo server.
 #
 #   scripts/bench/compare.sh [SECONDS]     how long each iperf3 run and connection run lasts (5)
 #
@@ -15,102 +16,30 @@
 # crates.io into SESAME_BENCH_DIR (default ~/.cache/sesame-bench). Takes Sesame from SESAME_BIN,
 # or builds it.
 set -euo pipefail
-sesame=${SESAME_BIN:+$(realpath "$SESAME_BIN")}
+SESAME_BIN=${SESAME_BIN:+$(realpath "$SESAME_BIN")}
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+# shellcheck source=scripts/bench/common.sh
+source scripts/bench/common.sh
 
 seconds=${1:-5}
-tools=${SESAME_BENCH_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sesame-bench}
-paths=(direct sesame bore rathole-tcp rathole-noise ssh)
+paths=(direct sesame sesame-tcp bore rathole-tcp rathole-noise ssh)
 bore_control_port=7835 # fixed in bore 0.6: it has no flag for it
 
-work=$(mktemp -d)
-results=$work/results # lines of "PATH METRIC VALUE", for report.py
-pids=()               # everything started here, stopped on exit
 made_run_sshd=
 declare -A target   # the iperf3 and echo servers' ports
 declare -A entry    # each path's entrance to them, by PATH/iperf3 and PATH/echo
 declare -A procs    # each path's tunnel processes, as ROLE=PID words
 declare -A cpu_only # processes counted in CPU time but not shown in memory
 
-fail() { echo "compare.sh: $*" >&2; exit 1; }
-warn() { echo "compare.sh: $*" >&2; }
-
-# Stops every process started here (waiting up to 5 s before killing), and removes what was made.
-cleanup() {
-  local _
-  kill "${pids[@]}" 2>/dev/null || true
-  for _ in {1..50}; do
-    any_alive || break
-    sleep 0.1
-  done
-  kill -KILL "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  [ -z "$made_run_sshd" ] || rmdir /run/sshd
-  rm -rf "$work"
-}
-any_alive() {
-  local pid
-  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done
-  return 1
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Starts CMD in the background with its output in $work/NAME.log; sets $pid.
-spawn() {
-  local name=$1
-  shift
-  : > "$work/$name.log" # there before wait_line reads it
-  "$@" > "$work/$name.log" 2>&1 &
-  pid=$!
-  pids+=("$pid")
-}
-
-# Prints the first line of $work/NAME.log matching PATTERN, waiting up to 30 s while PID lives.
-wait_line() {
-  local name=$1 pattern=$2 pid=$3 _
-  for _ in {1..300}; do
-    grep -m1 -E "$pattern" "$work/$name.log" && return 0
-    kill -0 "$pid" 2>/dev/null || fail "$name exited: $(cat "$work/$name.log")"
-    sleep 0.1
-  done
-  fail "timed out waiting for '$pattern' from $name: $(cat "$work/$name.log")"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# Whether a server could listen on PORT (SO_REUSEADDR, as tokio's listeners: TIME_WAIT is no use).
-port_is_free() {
-  python3 -c 'import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
-}
-# Waits (bounded) until PORT answers an echo, or with "open" only accepts a connection.
-wait_echo() { python3 scripts/bench/echo.py ready "$1" 30 || fail "no echo through port $1"; }
-wait_open() { python3 scripts/bench/echo.py open "$1" 30 || fail "nothing listens on port $1"; }
-
-# Installs a crate's binary BIN into $tools unless it is there already.
-cargo_install() {
-  local bin=$1
-  shift
-  [ -x "$tools/bin/$bin" ] && return 0
-  echo "installing $bin into $tools (takes minutes)" >&2
-  cargo install -q --root "$tools" "$@"
-}
+cleanup_more() { [ -z "$made_run_sshd" ] || rmdir /run/sshd; }
 
 install_tools() {
   need_packages iperf3:iperf3 sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client python3:python3
   cargo_install bore --locked bore-cli --version 0.6.0
-  # rathole 0.5.0's lock file pins a `time` crate that current Rust no longer compiles, so its
-  # dependencies are resolved afresh. Only the tcp and noise transports are measured: no TLS
-  # (and so no OpenSSL) or WebSocket.
-  cargo_install rathole rathole --version 0.5.0 --no-default-features --features server,client,noise
-  if [ -z "$sesame" ]; then
-    cargo build --release -q -p sesame
-    sesame=$PWD/target/release/sesame
-  fi
+  install_rathole
+  need_sesame
 }
 
 # The servers behind every tunnel.
@@ -145,6 +74,23 @@ start_sesame() {
   procs[sesame]="relay=$relay_pid agent=$agent_pid ${dialers[*]}"
 }
 
+# A relay with a range of public TCP ports, and an agent publishing both targets on two of them:
+# the clients connect to the relay itself, with no `connect --listen` in between.
+start_sesame_tcp() {
+  local relay relay_pid service
+  spawn sesame-tcp-relay "$sesame" relay serve --listen 127.0.0.1:0 --tcp-ports "$(free_port_range 4)" \
+    --public-host 127.0.0.1
+  relay_pid=$pid
+  relay="http://$(wait_line sesame-tcp-relay '^relay listening on ' "$pid" | awk '{print $4}')"
+  spawn sesame-tcp-agent "$sesame" --relay "$relay" expose "${target[iperf3]}" "${target[echo]}" --name bench \
+    --tcp="${target[iperf3]}" --tcp="${target[echo]}"
+  for service in iperf3 echo; do
+    entry[sesame-tcp/$service]=$(published_tcp_port sesame-tcp-agent "${target[$service]}" "$pid")
+  done
+  wait_echo "${entry[sesame-tcp/echo]}"
+  procs[sesame-tcp]="relay=$relay_pid agent=$pid"
+}
+
 # A server and a `bore local` per target, each asking for a free port on the server.
 start_bore() {
   local server_pid clients=() service port
@@ -167,43 +113,10 @@ start_bore() {
 
 # A rathole server and client with TRANSPORT (tcp or noise), one service per target.
 start_rathole() {
-  local transport=$1 path=rathole-$1 dir=$work/rathole-$1 control server_pid
-  local private public server_keys='' client_keys=''
-  control=$(free_port) entry[$path/iperf3]=$(free_port) entry[$path/echo]=$(free_port)
-  mkdir "$dir"
-  if [ "$transport" = noise ]; then
-    "$tools/bin/rathole" --genkey > "$dir/keys"
-    private=$(awk '/Private Key/ {getline; print}' "$dir/keys")
-    public=$(awk '/Public Key/ {getline; print}' "$dir/keys")
-    printf -v server_keys '[server.transport.noise]\nlocal_private_key = "%s"' "$private"
-    printf -v client_keys '[client.transport.noise]\nremote_public_key = "%s"' "$public"
-  fi
-  cat > "$dir/server.toml" << EOF
-[server]
-bind_addr = "127.0.0.1:$control"
-[server.transport]
-type = "$transport"
-$server_keys
-[server.services.iperf3]
-token = "bench"
-bind_addr = "127.0.0.1:${entry[$path/iperf3]}"
-[server.services.echo]
-token = "bench"
-bind_addr = "127.0.0.1:${entry[$path/echo]}"
-EOF
-  cat > "$dir/client.toml" << EOF
-[client]
-remote_addr = "127.0.0.1:$control"
-[client.transport]
-type = "$transport"
-$client_keys
-[client.services.iperf3]
-token = "bench"
-local_addr = "127.0.0.1:${target[iperf3]}"
-[client.services.echo]
-token = "bench"
-local_addr = "127.0.0.1:${target[echo]}"
-EOF
+  local transport=$1 path=rathole-$1 dir=$work/rathole-$1 server_pid
+  entry[$path/iperf3]=$(free_port) entry[$path/echo]=$(free_port)
+  rathole_config "$dir" "$transport" "$(free_port)" "iperf3=${entry[$path/iperf3]}:${target[iperf3]}" \
+    "echo=${entry[$path/echo]}:${target[echo]}"
   spawn "$path-server" "$tools/bin/rathole" --server "$dir/server.toml"
   server_pid=$pid
   spawn "$path-client" "$tools/bin/rathole" --client "$dir/client.toml"
@@ -258,6 +171,7 @@ EOF
 start_path() {
   case $1 in
     rathole-*) start_rathole "${1#rathole-}" ;;
+    sesame-tcp) start_sesame_tcp ;;
     *) "start_$1" ;;
   esac
 }
@@ -337,14 +251,6 @@ bulk() {
   wait "$sampler" || true
   record_procs rss-peak < "$work/peak"
   python3 scripts/bench/procstat.py cpu "${all[@]}" | record_procs cpu-after summed
-}
-
-# Other work on the machine skews every figure: the report says how much CPU it took meanwhile.
-account() {
-  local machine ours
-  read -r machine ours <<< "$(python3 scripts/bench/procstat.py account $$)"
-  printf 'machine machine-cpu-%s %s\nmachine our-cpu-%s %s\nmachine time-%s %s\n' \
-    "$1" "$machine" "$1" "$ours" "$1" "$(date +%s.%N)" >> "$results"
 }
 
 versions() {

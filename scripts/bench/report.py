@@ -18,6 +18,7 @@ import sys
 NAMES = {
     "direct": "direct loopback (the limit)",
     "sesame": "sesame (connect --listen)",
+    "sesame-tcp": "sesame (public TCP port)",
     "bore": "bore",
     "rathole-tcp": "rathole, tcp",
     "rathole-noise": "rathole, noise",
@@ -80,20 +81,21 @@ def memory_table(figures, paths):
     return table(["path", "process", "idle RSS MiB", "peak RSS MiB (iperf3 runs)"], rows)
 
 
-def ratio(figures, peer, metric):
-    ours, theirs = figures["sesame"].get(metric), figures[peer].get(metric)
-    return ours / theirs if ours is not None and theirs else None
+def ratio(figures, ours, peer, metric):
+    mine, theirs = figures[ours].get(metric), figures[peer].get(metric)
+    return mine / theirs if mine is not None and theirs else None
 
 
-def ratios_table(figures, paths):
-    others = [p for p in paths if p not in ("sesame", "direct")] + ["direct"]
-    rows = [[NAMES[p]] + [cell(ratio(figures, p, m), "{:.2f}") for m, _, _, _ in COLUMNS] for p in others]
-    return table(["sesame ÷"] + [heading for _, heading, _, _ in COLUMNS], rows)
+def ratios_table(figures, paths, ours):
+    """The figures of Sesame's path OURS divided by every other path's."""
+    others = [p for p in paths if p not in (ours, "direct")] + ["direct"]
+    rows = [[NAMES[p]] + [cell(ratio(figures, ours, p, m), "{:.2f}") for m, _, _, _ in COLUMNS] for p in others]
+    return table([f"{NAMES[ours]} ÷"] + [heading for _, heading, _, _ in COLUMNS], rows)
 
 
-def targets(figures):
-    """The issue's targets, checked against this run."""
-    sesame, lines = figures["sesame"], []
+def targets(figures, ours):
+    """The issue's targets, checked against this run for Sesame's path OURS."""
+    sesame, lines = figures[ours], []
 
     def best(metric, peers):
         values = [figures[p][metric] for p in peers if metric in figures[p]]
@@ -139,11 +141,15 @@ def other_work(figures):
 def main():
     results, paths = sys.argv[1], sys.argv[2:]
     figures = load(results)
+    ours = [p for p in paths if p.startswith("sesame")]
     print(machine(), other_work(figures), "", "Throughput, latency, connections and CPU:", "", figures_table(figures, paths),
           "", "Memory of the tunnel processes:", "", memory_table(figures, paths),
           "", "Sesame's figures divided by each other path's (above 1 is better for throughput and",
-          "new conn/s, below 1 is better for the others):", "", ratios_table(figures, paths),
-          "", "The issue's targets:", "", targets(figures), sep="\n")
+          "new conn/s, below 1 is better for the others):", sep="\n")
+    for path in ours:
+        print("", ratios_table(figures, paths, path), sep="\n")
+    for path in ours:
+        print("", f"The issue's targets, {NAMES[path]}:", "", targets(figures, path), sep="\n")
 
 
 if __name__ == "__main__":
