@@ -200,27 +200,18 @@ impl Proxy {
     }
 }
 
-/// The host a request is for: HTTP/2's `:authority`, else the `Host` header, else an
-/// absolute URI's authority.
+/// The host a request is for: the URI's authority (HTTP/2's `:authority`, or an absolute
+/// HTTP/1.1 request target, which RFC 9112 says wins over `Host`), else the `Host` header.
 fn host_of(request: &Request<Incoming>) -> Option<String> {
-    let from_uri = || {
-        request
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-    };
-    let from_header = || {
-        request
+    let host = match request.uri().authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => request
             .headers()
-            .get(header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
+            .get(header::HOST)?
+            .to_str()
+            .ok()?
+            .to_owned(),
     };
-    let host = if request.version() == Version::HTTP_2 {
-        from_uri().or_else(from_header)
-    } else {
-        from_header().or_else(from_uri)
-    }?;
     // Userinfo has no place in a host.
     (!host.is_empty() && !host.contains('@')).then_some(host)
 }
