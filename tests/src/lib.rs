@@ -66,16 +66,8 @@ impl TestRelay {
     pub async fn start_at(addr: SocketAddr, config: RelayConfig) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let url = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let relay = Relay::builder().config(config).build();
-        let task = tokio::spawn(async move {
-            relay
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the relay failed");
-        });
+        let (stop, task) = serve_in_background(relay, listener);
         TestRelay {
             url,
             stop: Some(stop),
@@ -179,6 +171,23 @@ impl Drop for TestRelay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves `relay` on `listener` in a task until the sender is used or dropped.
+pub fn serve_in_background(
+    relay: Relay,
+    listener: TcpListener,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the relay failed");
+    });
+    (stop, task)
 }
 
 /// The name as a remote name.

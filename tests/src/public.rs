@@ -94,15 +94,7 @@ impl PublicRelay {
                 public_host: "127.0.0.1".to_owned(),
             })
             .build();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            relay
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the relay failed");
-        });
+        let (stop, task) = crate::serve_in_background(relay, listener);
         PublicRelay {
             url,
             http: http_addr,
