@@ -124,8 +124,7 @@ impl TcpPorts {
         // The port this remote port already has (exposed again), or had in the session this
         // one replaces: keep it, with the new settings.
         let kept = table.open.iter().find_map(|(&port, held)| {
-            let ours =
-                held.session == *session || (held.name == *name && held.remote_port == remote_port);
+            let ours = held.session == *session || held.name == *name;
             (ours && held.remote_port == remote_port && wanted.is_none_or(|w| w == port))
                 .then_some(port)
         });
