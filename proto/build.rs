@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "sesame/v1/connection.proto",
     "sesame/v1/dialer.proto",
     "sesame/v1/remote.proto",
+    "sesame/v1/token.proto",
     "sesame/v1/tunnel.proto",
 ];
 

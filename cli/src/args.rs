@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sesame_tunnel::{DEFAULT_RELAY, RelayUrl, RemoteName, TransportSettings};
+use sesame_tunnel::{Fingerprint, RelayUrl, RemoteName, Token, TransportSettings};
 
 use crate::spec::ExposeSpec;
 
@@ -19,9 +19,9 @@ use crate::spec::ExposeSpec;
     max_term_width = 100
 )]
 pub struct Cli {
-    /// The relay to use (`http://HOST:PORT`).
-    #[arg(long, global = true, env = "SESAME_RELAY", default_value = DEFAULT_RELAY, value_name = "URL")]
-    pub relay: RelayUrl,
+    /// Which relay, and how to trust it and sign in.
+    #[command(flatten)]
+    pub client: ClientFlags,
 
     /// How soon a dead peer (the relay, or an agent, or a dialer) is noticed: pings go out
     /// after two thirds of it without news.
@@ -37,6 +37,42 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which relay a client uses, how it trusts the relay's certificate, and its token: flags and
+/// environment first, then what `sesame login` stored.
+#[derive(Debug, Args)]
+pub struct ClientFlags {
+    /// The relay to use (`https://HOST:PORT`, or `http://` for a plaintext relay on
+    /// loopback); the one `sesame login` last logged in to, else https://127.0.0.1:7373.
+    #[arg(long, global = true, env = "SESAME_RELAY", value_name = "URL")]
+    pub relay: Option<RelayUrl>,
+
+    /// The token to present to the relay, instead of the one `sesame login` stored.
+    #[arg(
+        long,
+        global = true,
+        env = "SESAME_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<Token>,
+
+    /// Trust the relay's certificate with this SHA-256 fingerprint (as the relay prints it),
+    /// whatever signed it: for a relay with a self-signed certificate.
+    #[arg(long, global = true, env = "SESAME_FINGERPRINT", value_name = "SHA256")]
+    pub fingerprint: Option<Fingerprint>,
+
+    /// Trust relay certificates signed by the authorities in this PEM file, instead of the
+    /// system's.
+    #[arg(
+        long,
+        global = true,
+        env = "SESAME_CA",
+        value_name = "FILE",
+        conflicts_with = "fingerprint"
+    )]
+    pub ca: Option<PathBuf>,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -47,15 +83,83 @@ pub enum Command {
     Expose(ExposeArgs),
     /// Connect to a port of a remote: listen locally, or carry one connection on stdin/stdout.
     Connect(ConnectArgs),
-    /// List the remotes connected to the relay.
+    /// List the remotes connected to the relay that your token may see.
     Ls(LsArgs),
+    /// Log in to a relay: check its certificate, and store its token in the system keyring
+    /// (or a file only you can read).
+    Login(LoginArgs),
+    /// Forget what `login` stored for a relay.
+    Logout(LogoutArgs),
+}
+
+/// `sesame login`
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The relay (`https://HOST:PORT`).
+    #[arg(value_name = "RELAY_URL")]
+    pub url: RelayUrl,
+}
+
+/// `sesame logout`
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The relay; the one --relay names, else the last one logged in to.
+    #[arg(value_name = "RELAY_URL")]
+    pub url: Option<RelayUrl>,
 }
 
 /// `sesame relay ...`
 #[derive(Debug, Subcommand)]
 pub enum RelayCommand {
     /// Serve the relay: agents register with it, dialers connect through it.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage the relay's tokens (needs a token with the admin scope).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `sesame relay token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is shown once.
+    Create(TokenCreateArgs),
+    /// List the relay's tokens.
+    Ls(TokenLsArgs),
+    /// Revoke a token: its sessions and connections end at once.
+    Revoke(TokenRevokeArgs),
+}
+
+/// `sesame relay token create`
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// What the token may do: admin, expose:PATTERN (register remotes so named) or
+    /// connect:PATTERN (dial them); `*` in a pattern matches anything. Repeatable.
+    #[arg(long = "scope", required = true, value_name = "SCOPE", value_parser = parse_scope)]
+    pub scopes: Vec<String>,
+
+    /// A description for people (`laptop of Ada`).
+    #[arg(long, default_value = "")]
+    pub label: String,
+
+    /// How long the token is valid (`30d`, `12h`); for ever unless given.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub expires: Option<Duration>,
+}
+
+/// `sesame relay token ls`
+#[derive(Debug, Args)]
+pub struct TokenLsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sesame relay token revoke`
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the 8 hex digits after `sesame_`, as `relay token ls` shows).
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 /// `sesame relay serve`
@@ -73,6 +177,53 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub dial_timeout: Duration,
 
+    /// Where the relay keeps its tokens (hashed) and its self-signed certificate.
+    #[arg(long, env = "SESAME_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Serve gRPC without TLS: accepted only on a loopback address, where nothing crosses a
+    /// network.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+
+    /// The certificate chain (PEM) for the gRPC listener and, with --https-listen, the virtual
+    /// hosts; a self-signed one kept in the data directory unless given. Reloaded when the
+    /// file changes and on SIGHUP, without dropping connections.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "insecure_plaintext"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key, PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The most remotes one token may hold at once.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_remotes_per_token: usize,
+
+    /// The most connections one remote may carry at once.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_connections_per_remote: usize,
+
+    /// How long a new connection may take for its TLS handshake, and a new call for its first
+    /// message.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Limits")]
+    pub handshake_timeout: Duration,
+
     /// Serve HTTP virtual hosts: a remote's published HTTP port is NAME.DOMAIN. Needs
     /// --http-listen or --https-listen.
     #[arg(long, value_name = "DOMAIN", help_heading = "Public endpoints")]
@@ -88,29 +239,10 @@ pub struct ServeArgs {
     )]
     pub http_listen: Option<SocketAddr>,
 
-    /// Serve the virtual hosts over HTTPS here (HTTP/1.1, and HTTP/2 through ALPN). Needs
-    /// --tls-cert and --tls-key.
+    /// Serve the virtual hosts over HTTPS here (HTTP/1.1, and HTTP/2 through ALPN), with
+    /// --tls-cert and --tls-key (a certificate for *.DOMAIN).
     #[arg(long, value_name = "ADDR", requires_all = ["domain", "tls_cert", "tls_key"], help_heading = "Public endpoints")]
     pub https_listen: Option<SocketAddr>,
-
-    /// The HTTPS certificate chain, PEM (a wildcard for *.DOMAIN). Reloaded when the file
-    /// changes and on SIGHUP, without dropping connections.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "https_listen",
-        help_heading = "Public endpoints"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The HTTPS certificate's private key, PEM.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "https_listen",
-        help_heading = "Public endpoints"
-    )]
-    pub tls_key: Option<PathBuf>,
 
     /// Publish remotes' ports on TCP ports of this range when they ask (`20000-20999`, or
     /// one port).
@@ -212,6 +344,12 @@ impl Cli {
     pub fn transport(&self) -> TransportSettings {
         TransportSettings::default().with_dead_peer_timeout(self.keepalive)
     }
+}
+
+/// A scope, checked here so that a typo fails before the relay is asked.
+fn parse_scope(text: &str) -> Result<String, String> {
+    text.parse::<sesame_relay::auth::Scope>()
+        .map(|scope| scope.to_string())
 }
 
 /// A keepalive bound: at least 300ms, so that pings stay sparse.

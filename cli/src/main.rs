@@ -4,12 +4,14 @@
 //! # Layout
 //!
 //! - `args`: the command line (clap); `spec`: the `PORT` forms `expose` accepts;
-//! - `commands`: one module per subcommand;
+//! - `commands`: one module per subcommand; `credentials`: what `login` stores, and which
+//!   relay, trust and token a command uses;
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
 //! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
 
 mod args;
 mod commands;
+mod credentials;
 mod diagnostics;
 mod logging;
 mod report;
@@ -51,10 +53,17 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     diagnostics::answer_stats_requests();
     let transport = cli.transport();
+    let client = cli.client;
+    let access = || credentials::resolve(&client);
     match cli.command {
-        Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(args, transport).await,
-        Command::Expose(args) => commands::expose::run(cli.relay, args, transport).await,
-        Command::Connect(args) => commands::connect::run(cli.relay, args, transport).await,
-        Command::Ls(args) => commands::ls::run(cli.relay, args).await,
+        Command::Relay(RelayCommand::Serve(args)) => commands::relay::serve(*args, transport).await,
+        Command::Relay(RelayCommand::Token(command)) => {
+            commands::token::run(access()?, command).await
+        }
+        Command::Expose(args) => commands::expose::run(access()?, args, transport).await,
+        Command::Connect(args) => commands::connect::run(access()?, args, transport).await,
+        Command::Ls(args) => commands::ls::run(access()?, args).await,
+        Command::Login(args) => commands::login::login(&client, args).await,
+        Command::Logout(args) => commands::login::logout(&client, args),
     }
 }

@@ -3,17 +3,50 @@
 use std::io;
 
 use sesame_tunnel::Error;
+use sesame_tunnel::tonic::Code;
+
+/// Whether a connection failed over the relay's certificate.
+fn mentions_certificate(error: &Error) -> bool {
+    let line = sesame_tunnel::one_line(error);
+    line.contains("certificate") || line.contains("fingerprint")
+}
 
 /// The error as one line: what failed, then its root cause, if it adds anything.
 pub fn one_line(error: &anyhow::Error) -> String {
     sesame_tunnel::one_line(error.as_ref())
 }
 
+/// What to do about a refusal, by its code.
+fn status_hint(code: Code) -> Option<&'static str> {
+    match code {
+        Code::Unauthenticated => Some(
+            "log in with `sesame login RELAY_URL`, or pass --token (or SESAME_TOKEN) with a valid token",
+        ),
+        Code::PermissionDenied => Some(
+            "ask the relay's administrator for a token with that scope \
+             (`sesame relay token create --scope ...`)",
+        ),
+        _ => None,
+    }
+}
+
 /// What the user might do about `error`, if there is something to suggest.
 pub fn hint(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
+        if let Some(status) = cause.downcast_ref::<sesame_tunnel::tonic::Status>() {
+            return status_hint(status.code());
+        }
         if let Some(error) = cause.downcast_ref::<Error>() {
             return match error {
+                Error::Status(status) => status_hint(status.code()),
+                Error::RelayUnreachable { .. } if mentions_certificate(error) => Some(
+                    "the relay's certificate is not the one trusted: check --fingerprint or \
+                     --ca, and if it changed on purpose, log in again with `sesame login`",
+                ),
+                Error::BadTrust { .. } => Some(
+                    "pass --fingerprint with the fingerprint the relay printed at start, or \
+                     --ca with the authority that signed its certificate",
+                ),
                 Error::RemoteNotFound { .. } => {
                     Some("`sesame ls` lists the remotes connected to the relay")
                 }

@@ -1,9 +1,10 @@
 //! The Sesame gRPC API, package `sesame.v1`: protobuf messages (prost) and the clients and
-//! servers of its three services (tonic).
+//! servers of its four services (tonic).
 //!
 //! - [`v1::tunnel_service_server::TunnelService`]: agents open a session and accept connections;
 //! - [`v1::dialer_service_server::DialerService`]: dialers open connections to remotes;
-//! - [`v1::remote_service_server::RemoteService`]: anyone lists and reads connected remotes.
+//! - [`v1::remote_service_server::RemoteService`]: clients list and read connected remotes;
+//! - [`v1::token_service_server::TokenService`]: administrators manage the tokens a relay accepts.
 //!
 //! The `.proto` sources live beside this crate under `sesame/v1/`; `docs/protocol.md` in the
 //! repository describes the messages, their order and their meaning.

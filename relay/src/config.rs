@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sesame_tunnel::TransportSettings;
 
+pub use crate::auth::throttle::FailureBudget;
 pub use crate::http::HttpConfig;
 
 /// How a relay behaves. The defaults suit a relay on a trusted network.
@@ -27,6 +28,12 @@ pub struct RelayConfig {
     pub transport: TransportSettings,
     /// The public HTTP listeners' limits.
     pub http: HttpConfig,
+    /// The most remotes one token may hold at once.
+    pub max_remotes_per_token: usize,
+    /// The most connections one remote may carry at once.
+    pub max_connections_per_remote: usize,
+    /// How many authentications may fail from one address, and how fast it may try again.
+    pub failed_auth: FailureBudget,
 }
 
 impl Default for RelayConfig {
@@ -39,6 +46,12 @@ impl Default for RelayConfig {
             max_concurrent_streams: 4096,
             transport: TransportSettings::default(),
             http: HttpConfig::default(),
+            max_remotes_per_token: 1000,
+            max_connections_per_remote: 1024,
+            failed_auth: FailureBudget {
+                burst: 20,
+                refill: Duration::from_secs(3),
+            },
         }
     }
 }

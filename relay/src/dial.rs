@@ -36,15 +36,22 @@ pub(crate) async fn dial(
     // The registry may know a session this relay does not hold (another relay's, or one
     // that just ended): either way it cannot be dialed from here.
     let link = state.session(&record.session).ok_or_else(not_found)?;
+    let quoted = format!("{:?}", name.to_string());
+    let limit = state.config.max_connections_per_remote;
+    let slot = link.take_slot(limit).ok_or_else(|| {
+        Status::resource_exhausted(format!(
+            "remote {quoted} already carries {limit} connections, the relay's limit per remote"
+        ))
+    })?;
 
     let ticket = Ticket::generate();
     let (reply, answer) = oneshot::channel();
     let dial = PendingDial {
         session: record.session.clone(),
+        slot,
         from_dialer,
         reply,
     };
-    let quoted = format!("{:?}", name.to_string());
     let gone = || Status::unavailable(format!("remote {quoted} went away"));
     let _parked = state.park_dial(ticket.clone(), dial).ok_or_else(gone)?;
     let notice = DialNotice {

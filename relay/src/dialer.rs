@@ -28,7 +28,7 @@ impl DialerService for Dialer {
     ) -> Result<Response<ToDialer>, Status> {
         let state = &self.state;
         let peer = peer_of(&request);
-        let metadata = request.metadata().clone();
+        let caller = state.authenticate(&request)?;
         let mut requests = request.into_inner();
         let target =
             match first_message(&mut requests, state.config.handshake_timeout, "target").await? {
@@ -41,7 +41,7 @@ impl DialerService for Dialer {
         let port = port_number(target.port).ok_or_else(|| {
             Status::invalid_argument(format!("port {} is not a valid port", target.port))
         })?;
-        state.auth.authorize(&metadata, Action::Dial(&name))?;
+        caller.check(Action::Dial(&name))?;
         let to_dialer = dial(state, &name, port, peer, Box::pin(requests)).await?;
         Ok(Response::new(to_dialer))
     }

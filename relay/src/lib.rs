@@ -2,8 +2,9 @@
 //!
 //! Agents behind NAT dial out to the relay and keep a session open (`TunnelService`);
 //! dialers ask it for connections to the ports those agents expose (`DialerService`); anyone
-//! may list the connected remotes (`RemoteService`). All three are gRPC services on one
-//! listener. The relay never opens a connection of its own: it joins a dialer's stream to
+//! may list the connected remotes (`RemoteService`); administrators manage tokens
+//! (`TokenService`). All four are gRPC services on one listener, over TLS unless told
+//! otherwise. The relay never opens a connection of its own: it joins a dialer's stream to
 //! the data stream the agent opens in answer, with [`sesame_tunnel::splice`].
 //!
 //! ```no_run
@@ -23,11 +24,14 @@
 //! - `dialer`: dials, parked under a ticket until the agent answers;
 //! - `remotes`: `GetRemote` and `ListRemotes`;
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
-//! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes;
+//! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes, and the
+//!   [`Caller`](auth::Caller) and [`Scope`](auth::Scope)s it yields; [`tokens`]: the
+//!   [`TokenStore`] of bearer tokens, and `token_service`: `TokenService`, which manages it;
 //! - `endpoints`: public endpoints (HTTP virtual hosts, TCP ports), who holds them, and the
 //!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy; `dial`: the dial path
 //!   that Dial calls and public endpoints share;
-//! - [`tls`]: the certificate for TLS, reloaded when its files change;
+//! - [`tls`]: the certificate for TLS (given, or self-signed in the data directory), reloaded
+//!   when its files change; `incoming`: TLS connections for the gRPC listener;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings.
 
@@ -37,12 +41,15 @@ mod dial;
 mod dialer;
 mod endpoints;
 mod http;
+mod incoming;
 pub mod proxy_protocol;
 pub mod registry;
 mod remotes;
 mod server;
 mod state;
 pub mod tls;
+mod token_service;
+pub mod tokens;
 mod tunnel;
 
 use std::time::Duration;
@@ -54,6 +61,7 @@ pub use config::{HttpConfig, RelayConfig};
 pub use endpoints::tcp::TcpPortRange;
 pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
+pub use tokens::TokenStore;
 
 /// A port number from the wire: 1 to 65535.
 fn port_number(port: u32) -> Option<u16> {

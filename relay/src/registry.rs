@@ -26,8 +26,12 @@ pub struct RemoteRecord {
     pub connect_time: SystemTime,
     /// The agent's description of itself.
     pub agent_version: String,
-    /// The key the agent presented: a later session with the same key takes the name over.
+    /// The key the agent presented: without tokens, a later session with the same key takes
+    /// the name over.
     pub agent_key: Option<AgentKey>,
+    /// The id of the token the session registered with: a later session with the same token
+    /// takes the name over.
+    pub owner: Option<String>,
 }
 
 /// Where the relay publishes an exposed port, besides dials: what clients connect to.
@@ -42,7 +46,8 @@ pub struct PublicEndpoints {
 /// Where remotes are registered.
 pub trait Registry: Send + Sync + 'static {
     /// Registers `record.name` for `record.session`. When another session holds the name,
-    /// takes it over if both presented the same agent key, returning the session it took the
+    /// takes it over if both presented the same token (or, without tokens, the same agent
+    /// key), returning the session it took the
     /// name from (which the relay then ends); otherwise fails with [`Error::NameInUse`].
     fn claim(&self, record: RemoteRecord) -> BoxFuture<'_, Result<Option<SessionId>, Error>>;
 
@@ -90,9 +95,16 @@ impl MemoryRegistry {
     }
 }
 
-/// Whether `claim` comes from the agent that holds the name, by its key.
+/// Whether `claim` may take the name over from `holder`: the same token, or without tokens,
+/// the same agent by its key.
 fn same_agent(holder: &RemoteRecord, claim: &RemoteRecord) -> bool {
-    matches!((&holder.agent_key, &claim.agent_key), (Some(held), Some(presented)) if held == presented)
+    match (&holder.owner, &claim.owner) {
+        (Some(held), Some(presented)) => held == presented,
+        (None, None) => {
+            matches!((&holder.agent_key, &claim.agent_key), (Some(held), Some(presented)) if held == presented)
+        }
+        _ => false,
+    }
 }
 
 impl Registry for MemoryRegistry {
@@ -176,6 +188,7 @@ mod tests {
             connect_time: SystemTime::UNIX_EPOCH,
             agent_version: "test".into(),
             agent_key: None,
+            owner: None,
         }
     }
 
@@ -190,6 +203,7 @@ mod tests {
         );
         let keyed = |session: &SessionId, key: &AgentKey| RemoteRecord {
             agent_key: Some(key.clone()),
+            owner: None,
             ..record("pi", session)
         };
         assert_eq!(registry.claim(keyed(&stale, &key)).await.unwrap(), None);

@@ -10,7 +10,6 @@ use sesame_proto::v1::{
 use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Action;
 use crate::registry::RemoteRecord;
 use crate::state::State;
 
@@ -82,18 +81,21 @@ impl RemoteService for Remotes {
         &self,
         request: Request<GetRemoteRequest>,
     ) -> Result<Response<Remote>, Status> {
-        self.state
-            .auth
-            .authorize(request.metadata(), Action::Read)?;
+        let caller = self.state.authenticate(&request)?;
         let name = RemoteName::from_resource_name(&request.get_ref().name)?;
-        let record =
-            self.state
-                .registry
-                .get(&name)
-                .await?
-                .ok_or_else(|| Error::RemoteNotFound {
-                    name: name.to_string(),
-                })?;
+        let not_found = || Error::RemoteNotFound {
+            name: name.to_string(),
+        };
+        // A remote the caller may not see is, to the caller, not there.
+        if !caller.may_see(&name) {
+            return Err(not_found().into());
+        }
+        let record = self
+            .state
+            .registry
+            .get(&name)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(to_proto(&record)))
     }
 
@@ -101,9 +103,7 @@ impl RemoteService for Remotes {
         &self,
         request: Request<ListRemotesRequest>,
     ) -> Result<Response<ListRemotesResponse>, Status> {
-        self.state
-            .auth
-            .authorize(request.metadata(), Action::Read)?;
+        let caller = self.state.authenticate(&request)?;
         let ListRemotesRequest {
             page_size,
             page_token,
@@ -132,8 +132,14 @@ impl RemoteService for Remotes {
         } else {
             String::new()
         };
+        // Filtering after paging may leave a page short, with more to come: callers follow
+        // `next_page_token` until it is empty.
         Ok(Response::new(ListRemotesResponse {
-            remotes: records.iter().map(to_proto).collect(),
+            remotes: records
+                .iter()
+                .filter(|record| caller.may_see(&record.name))
+                .map(to_proto)
+                .collect(),
             next_page_token,
         }))
     }

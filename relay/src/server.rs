@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use sesame_proto::v1::dialer_service_server::DialerServiceServer;
 use sesame_proto::v1::remote_service_server::RemoteServiceServer;
+use sesame_proto::v1::token_service_server::TokenServiceServer;
 use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
 use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,6 +25,8 @@ use crate::http::PublicListener;
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::Remotes;
 use crate::state::State;
+use crate::token_service::Tokens;
+use crate::tokens::TokenStore;
 use crate::tunnel::Tunnel;
 
 /// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener, and
@@ -39,6 +42,7 @@ pub struct RelayBuilder {
     config: RelayConfig,
     registry: Arc<dyn Registry>,
     auth: Arc<dyn Authorize>,
+    tokens: Option<Arc<TokenStore>>,
     domain: Option<String>,
     public: Vec<PublicListener>,
     tcp_ports: Option<TcpPortRange>,
@@ -57,9 +61,18 @@ impl RelayBuilder {
         self
     }
 
-    /// Who may do what; [`AllowAll`] unless set.
+    /// Who may do what; [`AllowAll`] unless set (or [`tokens`](Self::tokens) is).
     pub fn authorizer(mut self, auth: Arc<dyn Authorize>) -> Self {
         self.auth = auth;
+        self.tokens = None;
+        self
+    }
+
+    /// Checks every call's bearer token against `store`, and serves `TokenService` to manage
+    /// it.
+    pub fn tokens(mut self, store: Arc<TokenStore>) -> Self {
+        self.auth = store.clone();
+        self.tokens = Some(store);
         self
     }
 
@@ -111,7 +124,13 @@ impl RelayBuilder {
         });
         let endpoints = Endpoints::new(site, self.tcp_ports.map(TcpPorts::new));
         Relay {
-            state: Arc::new(State::new(self.config, self.registry, self.auth, endpoints)),
+            state: Arc::new(State::new(
+                self.config,
+                self.registry,
+                self.auth,
+                self.tokens,
+                endpoints,
+            )),
             public: self.public,
         }
     }
@@ -124,6 +143,7 @@ impl Relay {
             config: RelayConfig::default(),
             registry: Arc::new(MemoryRegistry::default()),
             auth: Arc::new(AllowAll),
+            tokens: None,
             domain: None,
             public: Vec::new(),
             tcp_ports: None,
@@ -137,6 +157,20 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        self.serve_with_incoming(incoming, shutdown).await
+    }
+
+    /// Serves gRPC over TLS with `tls` (whose ALPN should offer `h2`) on `listener` until
+    /// `shutdown` completes. Handshakes must finish within the handshake timeout.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let stop = self.state.shutdown.clone();
+        let timeout = self.state.config.handshake_timeout;
+        let incoming = crate::incoming::tls_incoming(listener, tls, timeout, stop);
         self.serve_with_incoming(incoming, shutdown).await
     }
 
@@ -182,9 +216,18 @@ impl Relay {
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(RemoteServiceServer::new(Remotes {
-                state: state.clone(),
-            }));
+            .add_service(
+                RemoteServiceServer::new(Remotes {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                TokenServiceServer::new(Tokens {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
 
         let draining = state.shutdown.clone();
         let signal = async move {

@@ -2,25 +2,36 @@
 //! this relay, and the dials waiting for an agent.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sesame_proto::v1::OpenSessionResponse;
 use sesame_tunnel::splice::{FromDialer, ToDialer};
-use sesame_tunnel::{SessionId, Ticket};
+use sesame_tunnel::{RemoteName, SessionId, Ticket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Request, Status};
 
-use crate::auth::Authorize;
+use crate::auth::throttle::FailedAuthLimiter;
+use crate::auth::{Authorize, Caller};
 use crate::config::RelayConfig;
 use crate::endpoints::Endpoints;
 use crate::registry::Registry;
+use crate::tokens::TokenStore;
 
 /// The relay's shared state.
 pub(crate) struct State {
     pub(crate) config: RelayConfig,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) auth: Arc<dyn Authorize>,
+    /// The token store, when the relay checks tokens: `TokenService` manages it.
+    pub(crate) tokens: Option<Arc<TokenStore>>,
+    /// Failed authentications per source address.
+    failures: FailedAuthLimiter,
+    /// The names each token holds now, and through which session.
+    holdings: Mutex<HashMap<String, HashMap<RemoteName, SessionId>>>,
+    /// Per token, what cuts its connections when it is revoked (a child of `cut`).
+    token_cuts: Mutex<HashMap<String, CancellationToken>>,
     /// The public endpoints: virtual hosts and TCP ports.
     pub(crate) endpoints: Endpoints,
     /// Cancelled when the relay begins to shut down: sessions drain and end.
@@ -40,11 +51,60 @@ pub(crate) struct SessionLink {
     pub(crate) chunk_limit: usize,
     /// Cancelled when a new session of the same agent takes the name over.
     pub(crate) replaced: CancellationToken,
+    /// The token the session registered with.
+    pub(crate) owner: Option<String>,
+    /// The connections the session carries now.
+    pub(crate) connections: Arc<AtomicUsize>,
+}
+
+/// One of a session's connection slots, given back when dropped.
+pub(crate) struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl SessionLink {
+    /// Takes a connection slot, if the session has one free of `limit`.
+    pub(crate) fn take_slot(&self, limit: usize) -> Option<ConnectionSlot> {
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        taken.ok().map(|_| ConnectionSlot(self.connections.clone()))
+    }
+}
+
+/// A name a token holds through a session, given back when dropped.
+pub(crate) struct Holding {
+    state: Arc<State>,
+    token: String,
+    name: RemoteName,
+    session: SessionId,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut holdings = lock(&self.state.holdings);
+        if let Some(names) = holdings.get_mut(&self.token) {
+            if names.get(&self.name) == Some(&self.session) {
+                names.remove(&self.name);
+            }
+            if names.is_empty() {
+                holdings.remove(&self.token);
+            }
+        }
+    }
 }
 
 /// A dial waiting for its agent to accept or refuse it.
 pub(crate) struct PendingDial {
     pub(crate) session: SessionId,
+    /// The connection's slot among the session's.
+    pub(crate) slot: ConnectionSlot,
     /// The dialer's request stream, after its target.
     pub(crate) from_dialer: FromDialer,
     /// Where the dial's outcome goes.
@@ -62,18 +122,96 @@ impl State {
         config: RelayConfig,
         registry: Arc<dyn Registry>,
         auth: Arc<dyn Authorize>,
+        tokens: Option<Arc<TokenStore>>,
         endpoints: Endpoints,
     ) -> Self {
         State {
+            failures: FailedAuthLimiter::new(config.failed_auth),
             config,
             registry,
             auth,
+            tokens,
+            holdings: Mutex::default(),
+            token_cuts: Mutex::default(),
             endpoints,
             shutdown: CancellationToken::new(),
             cut: CancellationToken::new(),
             sessions: Mutex::default(),
             dials: Mutex::default(),
         }
+    }
+
+    /// Who made a call. An address that failed too often is refused before its token is
+    /// looked at; each `UNAUTHENTICATED` counts against its address.
+    pub(crate) fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let address = request.remote_addr().map(|addr| addr.ip());
+        if let Some(address) = address {
+            self.failures.check(address)?;
+        }
+        let result = self.auth.authenticate(request.metadata());
+        if let (Err(status), Some(address)) = (&result, address)
+            && status.code() == tonic::Code::Unauthenticated
+        {
+            self.failures.failed(address);
+            tracing::info!(%address, reason = status.message(), "refused a call");
+        }
+        result
+    }
+
+    /// Records that `caller`'s token holds `name` through `session`, within the limit of
+    /// remotes per token; a name the token already holds (a reconnect) does not count twice.
+    pub(crate) fn hold(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &RemoteName,
+        session: &SessionId,
+    ) -> Result<Option<Holding>, Status> {
+        let Some(token) = caller.token() else {
+            return Ok(None);
+        };
+        let limit = self.config.max_remotes_per_token;
+        let mut holdings = lock(&self.holdings);
+        let names = holdings.entry(token.to_owned()).or_default();
+        if !names.contains_key(name) && names.len() >= limit {
+            return Err(Status::resource_exhausted(format!(
+                "this token already holds {} remotes, the relay's limit per token",
+                names.len()
+            )));
+        }
+        names.insert(name.clone(), session.clone());
+        Ok(Some(Holding {
+            state: self.clone(),
+            token: token.to_owned(),
+            name: name.clone(),
+            session: session.clone(),
+        }))
+    }
+
+    /// How many remotes a token holds now.
+    pub(crate) fn remotes_held(&self, token: &str) -> usize {
+        lock(&self.holdings).get(token).map_or(0, HashMap::len)
+    }
+
+    /// What cuts `caller`'s connections: the relay's cut, or, for a token that can be revoked,
+    /// a child of it that the token's end also cancels.
+    pub(crate) fn connection_cut(&self, caller: &Caller) -> CancellationToken {
+        let (Some(token), Some(ended)) = (caller.token(), caller.ended()) else {
+            return self.cut.clone();
+        };
+        let mut cuts = lock(&self.token_cuts);
+        if let Some(cut) = cuts.get(token) {
+            return cut.clone();
+        }
+        let cut = self.cut.child_token();
+        cuts.insert(token.to_owned(), cut.clone());
+        let (ended, watched) = (ended.clone(), cut.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = ended.cancelled() => watched.cancel(),
+                () = watched.cancelled() => {}
+            }
+        });
+        cut
     }
 
     pub(crate) fn add_session(&self, id: SessionId, link: SessionLink) {

@@ -35,6 +35,27 @@ use tracing::{debug, info, warn};
 /// The application protocols offered through ALPN, most preferred first.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// The self-signed certificate's file in the data directory.
+pub const SELF_SIGNED_CERT: &str = "relay-cert.pem";
+
+/// The self-signed certificate's key in the data directory.
+pub const SELF_SIGNED_KEY: &str = "relay-key.pem";
+
+/// Writes a file that only its owner may read (mode 0600), whole, then renames it in place.
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)
+}
+
 /// Why a certificate and its key could not be loaded.
 ///
 /// Every message names the file at fault; the underlying cause, where there is one, is the
@@ -42,6 +63,18 @@ const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// A self-signed certificate could not be made.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    /// A generated certificate or key could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
     /// A file could not be read.
     #[error("cannot read {}", path.display())]
     Read {
@@ -217,18 +250,55 @@ impl ReloadingCertificate {
     /// A server configuration that serves this certificate and offers `h2`, then `http/1.1`,
     /// through ALPN. It asks clients for no certificate.
     pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+        self.server_config_for(&ALPN_PROTOCOLS)
+    }
+
+    /// A server configuration that serves this certificate and offers `alpn` (in order of
+    /// preference; `[b"h2"]` for gRPC).
+    pub fn server_config_for(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 
     /// An acceptor for TLS connections with [`server_config`](Self::server_config).
     pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
         TlsAcceptor::from(self.server_config())
+    }
+
+    /// Loads `relay-cert.pem` and `relay-key.pem` from `data_dir`, first generating them (a
+    /// self-signed ECDSA P-256 certificate for `names`, with the key readable by the owner
+    /// alone) if the directory holds none. Returns whether they were generated.
+    pub fn self_signed(data_dir: &Path, names: &[String]) -> Result<(Arc<Self>, bool), TlsError> {
+        let cert_path = data_dir.join(SELF_SIGNED_CERT);
+        let key_path = data_dir.join(SELF_SIGNED_KEY);
+        let generated = !cert_path.exists() || !key_path.exists();
+        if generated {
+            let write_error = |path: &Path| {
+                let path = path.to_owned();
+                move |source| TlsError::Write { path, source }
+            };
+            let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+            let mut params = rcgen::CertificateParams::new(names.to_vec())
+                .map_err(|e| TlsError::Generate(e.to_string()))?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "sesame relay");
+            params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+            let certificate = params
+                .self_signed(&key)
+                .map_err(|e| TlsError::Generate(e.to_string()))?;
+            write_private(&key_path, key.serialize_pem().as_bytes())
+                .map_err(write_error(&key_path))?;
+            write_private(&cert_path, certificate.pem().as_bytes())
+                .map_err(write_error(&cert_path))?;
+        }
+        Ok((Self::load(cert_path, key_path)?, generated))
     }
 
     /// Reloads if the files differ from when they were last read; `None` if they do not.

@@ -14,7 +14,7 @@ use sesame_proto::v1::{
 };
 use sesame_tunnel::handshake::accept_hello;
 use sesame_tunnel::settings::MAX_CHUNK_BYTES;
-use sesame_tunnel::splice::{ToAgent, splice};
+use sesame_tunnel::splice::{ToAgent, ToDialer, splice};
 use sesame_tunnel::{Error, SessionId, Ticket, format_duration};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::Action;
+use crate::auth::{Action, Caller};
 use crate::registry::{PublicEndpoints, RemoteRecord};
 use crate::remotes::to_proto;
 use crate::state::{SessionLink, State};
@@ -60,7 +60,7 @@ impl TunnelService for Tunnel {
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let state = &self.state;
         let peer = peer_of(&request);
-        let metadata = request.metadata().clone();
+        let caller = state.authenticate(&request)?;
         let mut requests = request.into_inner();
         let hello =
             match first_message(&mut requests, state.config.handshake_timeout, "hello").await? {
@@ -70,14 +70,14 @@ impl TunnelService for Tunnel {
                 _ => return Err(Error::protocol("a session must begin with a hello").into()),
             };
         let hello = accept_hello(hello)?;
-        state
-            .auth
-            .authorize(&metadata, Action::Register(&hello.name))?;
+        caller.check(Action::Register(&hello.name))?;
+        state.auth.claim_name(&caller, &hello.name)?;
         if state.shutdown.is_cancelled() {
             return Err(Status::unavailable("the relay is shutting down"));
         }
 
         let session = SessionId::generate();
+        let holding = state.hold(&caller, &hello.name, &session)?;
         let record = RemoteRecord {
             name: hello.name.clone(),
             session: session.clone(),
@@ -85,6 +85,7 @@ impl TunnelService for Tunnel {
             connect_time: SystemTime::now(),
             agent_version: hello.agent_version,
             agent_key: hello.agent_key,
+            owner: caller.token().map(str::to_owned),
         };
         if let Some(stale) = state.registry.claim(record.clone()).await? {
             // The same agent is back before its old session was noticed dead: end that one.
@@ -121,14 +122,17 @@ impl TunnelService for Tunnel {
                 control: control.clone(),
                 chunk_limit: hello.chunk_limit,
                 replaced: replaced.clone(),
+                owner: caller.token().map(str::to_owned),
+                connections: Arc::default(),
             },
         );
         let span = info_span!("session", remote = %hello.name, %session);
         span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
-        let session = run_session(state.clone(), record, requests, control, replaced);
+        let session = run_session(state.clone(), record, requests, control, replaced, caller);
         tokio::spawn(
             async move {
                 let words = session.await;
+                drop(holding);
                 let _ = last_words.send(words);
                 ended.cancel();
             }
@@ -142,6 +146,7 @@ impl TunnelService for Tunnel {
         request: Request<Streaming<AcceptConnectionRequest>>,
     ) -> Result<Response<ToAgent>, Status> {
         let state = &self.state;
+        let caller = state.authenticate(&request)?;
         let mut requests = request.into_inner();
         let presented =
             match first_message(&mut requests, state.config.handshake_timeout, "ticket").await? {
@@ -157,11 +162,23 @@ impl TunnelService for Tunnel {
         };
         let ticket = Ticket::from_bytes(&presented.ticket).ok_or_else(unknown)?;
         let session = SessionId::from_wire(presented.session_id);
+        // A ticket is good only on its own session, presented with the session's own token.
+        let link = state.session(&session).ok_or_else(unknown)?;
+        if link.owner.as_deref() != caller.token() {
+            return Err(unknown());
+        }
         let dial = state.take_dial(&ticket, &session).ok_or_else(unknown)?;
-        let chunk_limit = state
-            .session(&session)
-            .map_or(MAX_CHUNK_BYTES, |link| link.chunk_limit);
-        let (to_dialer, to_agent) = splice(dial.from_dialer, requests, chunk_limit, &state.cut);
+        let cut = state.connection_cut(&caller);
+        let (to_dialer, to_agent) = splice(dial.from_dialer, requests, link.chunk_limit, &cut);
+        // The slot is given back when both halves of the connection are gone.
+        let slot = Arc::new(dial.slot);
+        let (dialer_slot, agent_slot) = (slot.clone(), slot);
+        let to_dialer: ToDialer = Box::pin(to_dialer.inspect(move |_| {
+            let _ = &dialer_slot;
+        }));
+        let to_agent: ToAgent = Box::pin(to_agent.inspect(move |_| {
+            let _ = &agent_slot;
+        }));
         dial.reply.send(Ok(to_dialer)).map_err(|_| {
             Status::not_found("the dialer gave up before the connection was accepted")
         })?;
@@ -183,7 +200,9 @@ async fn run_session(
     mut requests: Streaming<OpenSessionRequest>,
     control: ControlSender,
     replaced: CancellationToken,
+    caller: Caller,
 ) -> Vec<Result<OpenSessionResponse, Status>> {
+    let token_ended = caller.ended().cloned().unwrap_or_default();
     let mut ports = BTreeMap::new();
     let silence = state.config.transport.dead_peer_timeout();
     let quiet = tokio::time::sleep(silence);
@@ -195,6 +214,10 @@ async fn run_session(
                 let drain = response(open_session_response::Message::Drain(Drain { grace_period: grace }));
                 let closing = Status::unavailable("the relay is shutting down");
                 break ("the relay is shutting down".to_owned(), vec![Ok(drain), Err(closing)]);
+            }
+            () = token_ended.cancelled() => {
+                let reason = "the session's token was revoked or expired";
+                break (reason.to_owned(), vec![Err(Status::unauthenticated(reason))]);
             }
             _ = replaced.cancelled() => {
                 let reason = "a new session of the same agent replaced it";

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sesame_relay::{Relay, RelayConfig};
-use sesame_tunnel::tonic::transport::{Channel, Endpoint};
-use sesame_tunnel::{Dialer, RelayUrl, RemoteName, Session, TransportSettings};
+use sesame_tunnel::tonic::transport::Endpoint;
+use sesame_tunnel::{
+    Dialer, RelayAccess, RelayChannel, RelayUrl, RemoteName, Session, TransportSettings,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,12 +18,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+pub mod banner;
 pub mod grpc_echo;
 pub mod http_backend;
 pub mod process;
 pub mod public;
 pub mod python;
 
+pub use banner::RelayBanner;
 pub use grpc_echo::GrpcEcho;
 pub use http_backend::{HttpBackend, expected_download};
 pub use python::{WsEchoServer, python, require_python_modules};
@@ -65,7 +69,9 @@ impl TestRelay {
     /// stand in for it after a restart.
     pub async fn start_at(addr: SocketAddr, config: RelayConfig) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
-        let url = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         let relay = Relay::builder().config(config).build();
         let (stop, task) = serve_in_background(relay, listener);
         TestRelay {
@@ -91,7 +97,7 @@ impl TestRelay {
                 .expect("the relay failed");
         });
         TestRelay {
-            url: "relay.invalid:1".parse().unwrap(),
+            url: "http://relay.invalid:1".parse().unwrap(),
             stop: Some(stop),
             task,
             pipes: Some((sender, buffer)),
@@ -104,10 +110,13 @@ impl TestRelay {
     }
 
     /// A new HTTP/2 connection to the relay.
-    pub async fn channel(&self) -> Channel {
+    pub async fn channel(&self) -> RelayChannel {
         let settings = TransportSettings::default();
         match &self.pipes {
-            None => self.url.connect(&settings).await.unwrap(),
+            None => RelayAccess::from(self.url.clone())
+                .connect(&settings)
+                .await
+                .unwrap(),
             Some((sender, buffer)) => {
                 let (sender, buffer) = (sender.clone(), *buffer);
                 let connector = tower::service_fn(move |_| {
@@ -120,10 +129,11 @@ impl TestRelay {
                         Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(client))
                     }
                 });
-                Endpoint::from(self.url.uri().clone())
+                let channel = Endpoint::from(self.url.uri())
                     .connect_with_connector(connector)
                     .await
-                    .unwrap()
+                    .unwrap();
+                RelayChannel::new(channel, None)
             }
         }
     }
@@ -148,8 +158,9 @@ impl TestRelay {
 
     /// The relay's socket address (of a relay on TCP).
     pub fn addr(&self) -> SocketAddr {
-        let authority = self.url.uri().authority().expect("a relay URL has a host");
-        authority.as_str().parse().expect("a TCP relay's address")
+        format!("{}:{}", self.url.host(), self.url.port())
+            .parse()
+            .expect("a TCP relay's address")
     }
 
     /// Tells the relay to shut down: it drains its agents and lets open connections run for

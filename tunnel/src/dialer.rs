@@ -3,11 +3,10 @@
 use sesame_proto::v1::dial_request;
 use sesame_proto::v1::dialer_service_client::DialerServiceClient;
 use sesame_proto::v1::{DialRequest, DialTarget, dial_response};
-use tonic::transport::Channel;
 
 use crate::connection::{ConnectionInfo, inbound, outbound};
 use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
-use crate::{Connection, Error, RelayUrl, RemoteName, TransportSettings};
+use crate::{Connection, Error, RelayAccess, RelayChannel, RemoteName, TransportSettings};
 
 /// Opens connections to remotes through a relay. Cheap to clone: clones share one HTTP/2
 /// connection, and each dial is a new stream on it.
@@ -17,7 +16,10 @@ use crate::{Connection, Error, RelayUrl, RemoteName, TransportSettings};
 /// use sesame_tunnel::{Dialer, RemoteName};
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
-/// let dialer = Dialer::connect(&"http://127.0.0.1:7373".parse()?).await?;
+/// use sesame_tunnel::{RelayAccess, RelayUrl, Token, Trust};
+/// let url: RelayUrl = "https://relay.example.com".parse()?;
+/// let token: Token = std::env::var("SESAME_TOKEN")?.parse()?;
+/// let dialer = Dialer::connect(&RelayAccess::new(url, Trust::SystemRoots, Some(token))).await?;
 /// let mut conn = dialer.dial(&RemoteName::new("device-42")?, 22).await?;
 /// let mut banner = [0; 64];
 /// let n = conn.read(&mut banner).await?;
@@ -25,20 +27,20 @@ use crate::{Connection, Error, RelayUrl, RemoteName, TransportSettings};
 /// ```
 #[derive(Clone, Debug)]
 pub struct Dialer {
-    client: DialerServiceClient<Channel>,
+    client: DialerServiceClient<RelayChannel>,
     settings: TransportSettings,
 }
 
 impl Dialer {
-    /// Connects to the relay at `relay` with default settings.
-    pub async fn connect(relay: &RelayUrl) -> Result<Self, Error> {
+    /// Connects to a relay with default settings.
+    pub async fn connect(relay: &RelayAccess) -> Result<Self, Error> {
         let settings = TransportSettings::default();
         let channel = relay.connect(&settings).await?;
         Ok(Dialer::new(channel, settings))
     }
 
     /// A dialer over an existing channel to a relay.
-    pub fn new(channel: Channel, settings: TransportSettings) -> Self {
+    pub fn new(channel: RelayChannel, settings: TransportSettings) -> Self {
         let client = DialerServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Dialer { client, settings }
     }

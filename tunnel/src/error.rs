@@ -76,6 +76,24 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The relay's certificate cannot be checked as asked (an unusable CA file, no system
+    /// authorities, a plaintext relay where a certificate was expected).
+    #[error("cannot verify relay {relay}: {reason}")]
+    BadTrust {
+        /// The relay's address.
+        relay: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A connection to the relay failed outside gRPC (while probing its certificate).
+    #[error("cannot reach relay at {relay}")]
+    RelayIo {
+        /// The relay's address.
+        relay: String,
+        /// Why the connection failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// Something did not happen in time.
     #[error("{what} timed out after {}", format_duration(*.after))]
     Timeout {
@@ -111,6 +129,8 @@ impl Error {
         match self {
             Error::RemoteNotFound { .. } | Error::PortNotExposed { .. } => Code::NotFound,
             Error::TargetRefused { .. } | Error::RelayUnreachable { .. } => Code::Unavailable,
+            Error::RelayIo { .. } => Code::Unavailable,
+            Error::BadTrust { .. } => Code::FailedPrecondition,
             Error::SessionClosed { .. } => Code::Unavailable,
             Error::NameInUse { .. } | Error::PortInUse { .. } => Code::AlreadyExists,
             Error::InvalidName { .. } => Code::InvalidArgument,

@@ -17,8 +17,11 @@
 //! - [`handshake`]: the session handshake as pure functions.
 //! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
 //! - [`Error`]: typed errors that travel as gRPC statuses with a reason.
-//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`AgentKey`], [`RelayUrl`], [`TransportSettings`]: the
-//!   small types the rest is built from.
+//! - [`RelayAccess`]: how a client reaches a relay ([`RelayUrl`], [`Trust`] with a pinned
+//!   [`Fingerprint`] or certificate authorities, a bearer [`Token`]), and the [`RelayChannel`]
+//!   it opens.
+//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`AgentKey`], [`TransportSettings`]: the small
+//!   types the rest is built from.
 
 pub mod agent;
 mod connection;
@@ -47,7 +50,10 @@ pub use name::RemoteName;
 pub use settings::TransportSettings;
 pub use tcp::join_tcp;
 pub use ticket::{AgentKey, SessionId, Ticket};
-pub use transport::{DEFAULT_PORT, DEFAULT_RELAY, RelayUrl};
+pub use transport::{
+    DEFAULT_PORT, DEFAULT_RELAY, Fingerprint, Presented, RelayAccess, RelayChannel, RelayUrl,
+    Token, Trust,
+};
 
 /// Re-exported so that users of this crate name the same tonic and proto types.
 pub use {sesame_proto as proto, tonic};

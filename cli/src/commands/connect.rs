@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use sesame_proto::v1::GetRemoteRequest;
 use sesame_proto::v1::remote_service_client::RemoteServiceClient;
-use sesame_tunnel::tonic::transport::Channel;
-use sesame_tunnel::{Connection, Dialer, Error, RelayUrl, RemoteName, TransportSettings, join_tcp};
+use sesame_tunnel::{
+    Connection, Dialer, Error, RelayAccess, RelayChannel, RemoteName, TransportSettings, join_tcp,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
@@ -14,7 +15,7 @@ use tracing::{debug, warn};
 use crate::args::ConnectArgs;
 
 pub async fn run(
-    relay: RelayUrl,
+    relay: RelayAccess,
     args: ConnectArgs,
     settings: TransportSettings,
 ) -> anyhow::Result<()> {
@@ -44,7 +45,7 @@ pub async fn run(
 }
 
 async fn check_exposed(
-    mut remotes: RemoteServiceClient<Channel>,
+    mut remotes: RemoteServiceClient<RelayChannel>,
     name: &RemoteName,
     port: u16,
 ) -> Result<(), Error> {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, bail};
 use sesame_tunnel::{
-    HttpProtocol, HttpPublish, Publish, RelayUrl, RemoteName, Session, TcpPublish,
+    HttpProtocol, HttpPublish, Publish, RelayAccess, RemoteName, Session, TcpPublish,
     TransportSettings,
 };
 
@@ -13,7 +13,7 @@ use crate::spec::ExposeSpec;
 use crate::status;
 
 pub async fn run(
-    relay: RelayUrl,
+    access: RelayAccess,
     args: ExposeArgs,
     transport: TransportSettings,
 ) -> anyhow::Result<()> {
@@ -26,8 +26,9 @@ pub async fn run(
         Some(name) => name,
         None => default_name()?,
     };
+    let relay = access.url.clone();
     let session = Session::builder(name.clone())
-        .relay(relay.clone())
+        .relay(access)
         .transport(transport)
         .connect()
         .await?;

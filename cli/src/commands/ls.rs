@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use sesame_proto::v1::remote_service_client::RemoteServiceClient;
 use sesame_proto::v1::{ListRemotesRequest, Remote};
-use sesame_tunnel::{Error, RelayUrl, RemoteName, TransportSettings};
+use sesame_tunnel::{Error, RelayAccess, RemoteName, TransportSettings};
 
 use crate::args::LsArgs;
 
@@ -52,8 +52,9 @@ impl RemoteRow {
     }
 }
 
-pub async fn run(relay: RelayUrl, args: LsArgs) -> anyhow::Result<()> {
-    let channel = relay.connect(&TransportSettings::default()).await?;
+pub async fn run(access: RelayAccess, args: LsArgs) -> anyhow::Result<()> {
+    let channel = access.connect(&TransportSettings::default()).await?;
+    let relay = &access.url;
     let mut client = RemoteServiceClient::new(channel);
     let mut rows = Vec::new();
     let mut page_token = String::new();
@@ -77,7 +78,7 @@ pub async fn run(relay: RelayUrl, args: LsArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("no remotes are connected to {relay}");
+        println!("no remotes are connected to {relay} (none, at least, that this token may see)");
     } else {
         print!("{}", table(&rows, SystemTime::now()));
     }

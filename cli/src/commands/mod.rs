@@ -2,8 +2,10 @@
 
 pub mod connect;
 pub mod expose;
+pub mod login;
 pub mod ls;
 pub mod relay;
+pub mod token;
 
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
 pub async fn stop_requested() {

@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sesame_relay::tls::ReloadingCertificate;
-use sesame_relay::{Relay, RelayConfig, TcpPortRange};
+use std::path::{Path, PathBuf};
+
+use sesame_relay::tls::{self, ReloadingCertificate};
+use sesame_relay::{Relay, RelayConfig, TcpPortRange, TokenStore};
 use sesame_tunnel::TransportSettings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,21 +22,58 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
     if args.domain.is_some() && args.http_listen.is_none() && args.https_listen.is_none() {
         bail!("--domain needs --http-listen or --https-listen: where to serve the virtual hosts");
     }
+    if args.insecure_plaintext && !args.listen.ip().is_loopback() {
+        bail!(
+            "--insecure-plaintext is accepted only on a loopback address (127.0.0.1, ::1): on {} \
+             tokens would cross the network in the clear",
+            args.listen.ip()
+        );
+    }
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    let opened = TokenStore::open(&data_dir)?;
+    let certificate = if args.insecure_plaintext {
+        None
+    } else {
+        Some(certificate(&args, &data_dir)?)
+    };
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!("relay listening on {addr}");
-    println!("expose a port with: sesame --relay http://{addr} expose 8080");
-    if !addr.ip().is_loopback() {
-        warn!(
-            "{addr} is reachable from other machines and this relay does not authenticate \
-             anyone yet: whoever reaches it can register remotes and dial them"
-        );
+    let url = match &certificate {
+        Some((certificate, origin)) => {
+            println!("  TLS certificate: {origin}");
+            println!("  fingerprint: {}", certificate.fingerprint());
+            format!("https://{addr}")
+        }
+        None => {
+            warn!("serving gRPC without TLS (--insecure-plaintext): only for this machine");
+            format!("http://{addr}")
+        }
+    };
+    println!("  tokens: {}", opened.store.path().display());
+    if let Some(admin) = &opened.new_admin_token {
+        let pin = certificate
+            .as_ref()
+            .map(|(certificate, _)| format!(" --fingerprint {}", certificate.fingerprint()))
+            .unwrap_or_default();
+        println!("created this relay's first token, with the admin scope; it is shown only now:");
+        println!("  admin token: {admin}");
+        println!("log in with it, here or elsewhere:");
+        println!("  sesame login {url} --token {admin}{pin}");
+        println!("then create tokens for agents and clients:");
+        println!("  sesame relay token create --scope expose:laptop --scope connect:laptop");
     }
     let mut config = RelayConfig::default();
     config.grace_period = args.grace;
     config.dial_timeout = args.dial_timeout;
+    config.handshake_timeout = args.handshake_timeout;
+    config.max_remotes_per_token = args.max_remotes_per_token;
+    config.max_connections_per_remote = args.max_connections_per_remote;
     config.transport = transport;
-    let mut relay = Relay::builder().config(config);
+    let mut relay = Relay::builder().config(config).tokens(opened.store);
 
     let stop_watching = CancellationToken::new();
     let _stop_watching = stop_watching.clone().drop_guard();
@@ -46,10 +85,7 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
             println!("serving http://*.{domain} on {}", listener.local_addr()?);
             relay = relay.http_listener(listener);
         }
-        if let (Some(https), Some(cert), Some(key)) =
-            (args.https_listen, &args.tls_cert, &args.tls_key)
-        {
-            let certificate = ReloadingCertificate::load(cert, key)?;
+        if let (Some(https), Some((certificate, _))) = (args.https_listen, &certificate) {
             let listener = bind(https).await?;
             println!(
                 "serving https://*.{domain} on {} (certificate SHA-256 {})",
@@ -57,12 +93,6 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
                 certificate.fingerprint()
             );
             relay = relay.https_listener(listener, certificate.server_config());
-            tokio::spawn(
-                certificate
-                    .clone()
-                    .watch(CERTIFICATE_POLL, stop_watching.clone()),
-            );
-            tokio::spawn(reload_on_hangup(certificate));
         }
     }
     if let Some(ports) = args.tcp_ports {
@@ -83,13 +113,66 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
             public_host,
         });
     }
-    relay
-        .build()
-        .serve(listener, super::stop_requested())
-        .await
-        .context("the relay failed")?;
+    let relay = relay.build();
+    match certificate {
+        Some((certificate, _)) => {
+            tokio::spawn(
+                certificate
+                    .clone()
+                    .watch(CERTIFICATE_POLL, stop_watching.clone()),
+            );
+            tokio::spawn(reload_on_hangup(certificate.clone()));
+            let tls = certificate.server_config_for(&[b"h2"]);
+            relay
+                .serve_tls(listener, tls, super::stop_requested())
+                .await
+        }
+        None => relay.serve(listener, super::stop_requested()).await,
+    }
+    .context("the relay failed")?;
     println!("relay stopped");
     Ok(())
+}
+
+/// The relay's certificate: the one given, or the self-signed one in the data directory
+/// (generated on first start); and where it comes from, to tell.
+fn certificate(
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<ReloadingCertificate>, String)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let certificate = ReloadingCertificate::load(cert, key)?;
+        return Ok((certificate, cert.display().to_string()));
+    }
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(host) = gethostname::gethostname().into_string() {
+        names.push(host);
+    }
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    names.extend(args.public_host.iter().cloned());
+    names.sort();
+    names.dedup();
+    let (certificate, generated) = ReloadingCertificate::self_signed(data_dir, &names)?;
+    let path = data_dir.join(tls::SELF_SIGNED_CERT);
+    let origin = if generated {
+        format!("self-signed, generated now in {}", path.display())
+    } else {
+        format!("self-signed, {}", path.display())
+    };
+    Ok((certificate, origin))
+}
+
+/// Where a relay keeps its data unless told: the user's data directory.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    directories::ProjectDirs::from("dev", "sesame", "sesame")
+        .map(|dirs| dirs.data_dir().join("relay"))
+        .context("cannot tell where to keep the relay's data (no home directory): pass --data-dir")
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

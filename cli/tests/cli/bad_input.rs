@@ -60,23 +60,23 @@ fn a_dead_target_fails_that_dial_and_nothing_else() {
 }
 
 #[test]
-fn a_second_agent_cannot_take_a_name_in_use() {
+fn another_token_cannot_take_a_name_in_use() {
     let relay = Relay::start();
     let http = HttpServer::start(1024);
     let port = http.port.to_string();
     let mut first = relay.expose("web", &[&port]);
 
-    let mut second = relay.sesame(&["expose", "--name", "web", &port]);
+    let other = relay.create_token(&["expose:*"]);
+    let mut command = relay.command_with(&other);
+    command.args(["expose", "--name", "web", &port]);
+    let mut second = Proc::start(command);
     let (status, output) = second.wait_exit();
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(
-        output.contains(r#"[stderr] error: remote name "web" is already in use by another agent"#),
+        output.contains(r#"[stderr] error: the name "web" belongs to another token"#),
         "{output}"
     );
-    assert!(
-        output.contains("hint: choose another name with --name"),
-        "{output}"
-    );
+    assert!(output.contains("hint: "), "{output}");
 
     // The first agent keeps the name and keeps serving.
     assert!(first.is_running());
@@ -152,7 +152,7 @@ fn invalid_ports_names_and_addresses_are_usage_errors() {
         ),
         (
             vec!["--relay", "ftp://relay", "ls"],
-            "the scheme must be http://",
+            "the scheme must be https://",
         ),
         (
             vec!["--relay", "relay:99999", "ls"],

@@ -20,7 +20,7 @@ fn sigterm_drains_the_relay_and_its_agents_return_to_its_successor() {
     assert!(agent.is_running(), "{}", agent.transcript());
 
     // A new relay on the same address: the agent registers again, with its port.
-    let successor = Relay::start_on(relay.url.trim_start_matches("http://"));
+    let successor = relay.successor();
     agent.wait_for(|line| line.starts_with("reconnected"));
     let mut reader = successor.sesame(&[
         "connect",
@@ -64,7 +64,7 @@ fn a_killed_relay_fails_open_connections_and_everyone_recovers_when_it_returns()
     assert!(failed, "a connection through an absent relay carried data");
     assert!(listening.is_running(), "{}", listening.transcript());
 
-    let _back = Relay::start_on(relay.url.trim_start_matches("http://"));
+    let _back = relay.successor();
     agent.wait_for(|line| line.starts_with("reconnected"));
     // The same `connect --listen` serves new connections through the new relay.
     let mut late = std::net::TcpStream::connect(&local).unwrap();

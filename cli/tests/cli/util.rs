@@ -19,7 +19,14 @@ pub fn sesame() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sesame"));
     command
         .env_remove("SESAME_RELAY")
+        .env_remove("SESAME_TOKEN")
+        .env_remove("SESAME_FINGERPRINT")
+        .env_remove("SESAME_CA")
+        .env_remove("SESAME_DATA_DIR")
         .env_remove("RUST_LOG")
+        // Nothing a user stored, and no keyring: each command starts from nothing.
+        .env("SESAME_CONFIG_DIR", scratch_dir())
+        .env("SESAME_KEYRING", "off")
         .env("NO_COLOR", "1");
     command
 }
@@ -241,47 +248,109 @@ impl Drop for Proc {
     }
 }
 
-/// A relay on an ephemeral port.
+/// A relay on an ephemeral port, with TLS (a self-signed certificate) and tokens, as
+/// `relay serve` runs by default.
 pub struct Relay {
     pub proc: Proc,
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub url: String,
+    /// Where it keeps its tokens and certificate.
+    pub data_dir: PathBuf,
+    /// Its admin token.
+    pub token: String,
+    /// Its certificate's fingerprint.
+    pub fingerprint: String,
 }
 
 impl Relay {
     pub fn start() -> Relay {
-        Relay::start_on("127.0.0.1:0")
-    }
-
-    /// A relay on `addr`: the address of one that has stopped, to stand in for it.
-    pub fn start_on(addr: &str) -> Relay {
-        Relay::start_with(addr, &[])
+        Relay::start_with("127.0.0.1:0", &[])
     }
 
     /// A relay on `addr` with more `relay serve` arguments.
     pub fn start_with(addr: &str, extra: &[&str]) -> Relay {
-        let mut args = vec!["relay", "serve", "--listen", addr, "--grace", "2s"];
-        args.extend_from_slice(extra);
-        let mut proc = Proc::sesame(&args);
+        let data_dir = scratch_dir();
+        let mut proc = Relay::serve(addr, &data_dir, extra);
         let line = proc.wait_for(|line| line.starts_with("relay listening on "));
         let addr = line.trim_start_matches("relay listening on ").to_owned();
+        let line = proc.wait_for(|line| line.trim_start().starts_with("fingerprint: "));
+        let fingerprint = line.trim().trim_start_matches("fingerprint: ").to_owned();
+        let line = proc.wait_for(|line| line.trim_start().starts_with("admin token: "));
+        let token = line.trim().trim_start_matches("admin token: ").to_owned();
         Relay {
             proc,
-            url: format!("http://{addr}"),
+            url: format!("https://{addr}"),
+            data_dir,
+            token,
+            fingerprint,
         }
     }
 
-    /// `sesame --relay URL ARGS`, as a long-running process.
-    pub fn sesame(&self, args: &[&str]) -> Proc {
+    /// A relay on this one's address and data directory, standing in for it after it stopped:
+    /// same tokens, same certificate.
+    pub fn successor(&self) -> Relay {
+        let addr = self.url.trim_start_matches("https://");
+        let mut proc = Relay::serve(addr, &self.data_dir, &[]);
+        proc.wait_for(|line| line.starts_with("relay listening on "));
+        Relay {
+            proc,
+            url: self.url.clone(),
+            data_dir: self.data_dir.clone(),
+            token: self.token.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
+    fn serve(addr: &str, data_dir: &Path, extra: &[&str]) -> Proc {
+        let data_dir = data_dir.to_str().expect("a UTF-8 path");
+        let mut args = vec!["relay", "serve", "--listen", addr, "--grace", "2s"];
+        args.extend_from_slice(&["--data-dir", data_dir]);
+        args.extend_from_slice(extra);
+        Proc::sesame(&args)
+    }
+
+    /// `sesame` with this relay, its fingerprint and `token`.
+    pub fn command_with(&self, token: &str) -> Command {
         let mut command = sesame();
-        command.arg("--relay").arg(&self.url).args(args);
+        command
+            .args(["--relay", &self.url, "--fingerprint", &self.fingerprint])
+            .args(["--token", token]);
+        command
+    }
+
+    /// Creates a token with `scopes` through `relay token create`, and returns it.
+    pub fn create_token(&self, scopes: &[&str]) -> String {
+        let mut args = vec!["relay", "token", "create"];
+        for scope in scopes {
+            args.extend_from_slice(&["--scope", scope]);
+        }
+        let output = self.run(&args, b"");
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+        let secret = stdout
+            .lines()
+            .map(str::trim)
+            .find(|line| line.starts_with("sesame_"))
+            .unwrap_or_else(|| panic!("no token in {stdout}"));
+        secret.to_owned()
+    }
+
+    /// `sesame` with this relay, its fingerprint and the admin token.
+    pub fn command(&self) -> Command {
+        self.command_with(&self.token)
+    }
+
+    /// `sesame --relay URL ARGS` with the admin token, as a long-running process.
+    pub fn sesame(&self, args: &[&str]) -> Proc {
+        let mut command = self.command();
+        command.args(args);
         Proc::start(command)
     }
 
-    /// `sesame --relay URL ARGS`, run to its end with `stdin`.
+    /// `sesame --relay URL ARGS` with the admin token, run to its end with `stdin`.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut command = sesame();
-        command.arg("--relay").arg(&self.url).args(args);
+        let mut command = self.command();
+        command.args(args);
         run(command, stdin)
     }
 

@@ -11,15 +11,17 @@
 //!
 //! `scripts/bench/scale.sh` builds it and runs it for 1,000 and 10,000 agents.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use sesame_tests::echo_listener;
-use sesame_tunnel::{Dialer, Event, Reconnect, RelayUrl, RemoteName, Session, TransportSettings};
+use sesame_tests::{RelayBanner, echo_listener};
+use sesame_tunnel::{
+    Dialer, Event, Reconnect, RelayAccess, RemoteName, Session, Token, TransportSettings,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -38,35 +40,41 @@ const PHASE_LIMIT: Duration = Duration::from_secs(300);
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// The relay under test, as a process of its own.
+/// The relay under test, as a process of its own, with TLS and tokens as by default.
 struct RelayProcess {
     child: Child,
     addr: String,
+    access: RelayAccess,
 }
 
 impl RelayProcess {
-    fn start(bin: &str, listen: &str) -> Result<Self, Failure> {
+    /// Starts the relay on `listen` with its data in `data_dir`; `token` is the admin token of
+    /// an earlier start on the same directory.
+    fn start(
+        bin: &str,
+        listen: &str,
+        data_dir: &std::path::Path,
+        token: Option<Token>,
+    ) -> Result<Self, Failure> {
         let mut child = Command::new(bin)
             .args(["relay", "serve", "--listen", listen, "--grace", "1s"])
+            .args(["--max-remotes-per-token", "1000000"])
+            .arg("--data-dir")
+            .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout);
-        let mut first = String::new();
-        lines.read_line(&mut first)?;
+        let banner = RelayBanner::read(&mut lines, token.is_none())?;
         // Keep reading, so the relay never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-        let addr = first
-            .trim()
-            .strip_prefix("relay listening on ")
-            .ok_or_else(|| format!("unexpected first line from the relay: {first:?}"))?
-            .to_owned();
-        Ok(RelayProcess { child, addr })
-    }
-
-    fn url(&self) -> RelayUrl {
-        self.addr.parse().expect("the relay prints its address")
+        let token = token.or(banner.admin_token.clone());
+        Ok(RelayProcess {
+            child,
+            addr: banner.addr.to_string(),
+            access: banner.access(token),
+        })
     }
 
     /// VmRSS in KiB.
@@ -120,7 +128,7 @@ async fn settled_rss(relay: &RelayProcess) -> Result<u64, Failure> {
     Ok(last.0)
 }
 
-async fn register(url: &RelayUrl, count: usize) -> Result<Vec<Session>, Failure> {
+async fn register(url: &RelayAccess, count: usize) -> Result<Vec<Session>, Failure> {
     let gate = Arc::new(Semaphore::new(AT_ONCE));
     let mut pending: FuturesUnordered<_> = (0..count)
         .map(|n| {
@@ -166,7 +174,7 @@ async fn all_reconnected(events: Vec<tokio::sync::broadcast::Receiver<Event>>) {
 /// Opens `count` tunneled connections spread over the serving agents, echoes one byte on each,
 /// and returns them, all open.
 async fn open_connections(
-    url: &RelayUrl,
+    url: &RelayAccess,
     agents: usize,
     count: usize,
 ) -> Result<Vec<sesame_tunnel::Connection>, Failure> {
@@ -216,8 +224,9 @@ async fn main() -> Result<(), Failure> {
     };
     let (agents, connections): (usize, usize) = (agents.parse()?, connections.parse()?);
 
-    let relay = RelayProcess::start(relay_bin, "127.0.0.1:0")?;
-    let url = relay.url();
+    let data_dir = tempfile::tempdir()?;
+    let relay = RelayProcess::start(relay_bin, "127.0.0.1:0", data_dir.path(), None)?;
+    let url = relay.access.clone();
     let idle = settled_rss(&relay).await?;
 
     let started = Instant::now();
@@ -229,7 +238,7 @@ async fn main() -> Result<(), Failure> {
     let addr = relay.addr.clone();
     relay.stop()?;
     let restarted = Instant::now();
-    let relay = RelayProcess::start(relay_bin, &addr)?;
+    let relay = RelayProcess::start(relay_bin, &addr, data_dir.path(), url.token.clone())?;
     within("registering again", all_reconnected(events)).await?;
     let back = restarted.elapsed();
     let registered_again = settled_rss(&relay).await?;

@@ -14,13 +14,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::Channel;
 use tracing::debug;
 
 use super::publish::Publish;
 use crate::handshake::{accept_welcome, hello};
 use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
-use crate::{AgentKey, Error, RelayUrl, RemoteName, SessionId, TransportSettings};
+use crate::{AgentKey, Error, RelayAccess, RelayChannel, RemoteName, SessionId, TransportSettings};
 
 /// How many control messages may wait to be sent to the relay.
 const CONTROL_QUEUE: usize = 256;
@@ -45,7 +44,7 @@ pub(super) struct Link {
     /// The relay's id of this registration.
     pub(super) id: SessionId,
     /// The client for this link's data streams.
-    pub(super) client: TunnelServiceClient<Channel>,
+    pub(super) client: TunnelServiceClient<RelayChannel>,
     control: mpsc::Sender<OpenSessionRequest>,
     /// The largest data payload the relay accepts.
     pub(super) chunk_limit: usize,
@@ -95,9 +94,9 @@ impl Link {
 #[derive(Debug)]
 pub(super) struct Registration {
     pub(super) name: RemoteName,
-    pub(super) relay: RelayUrl,
+    pub(super) relay: RelayAccess,
     /// A channel given by the user, reused by every link; `None` to dial `relay` each time.
-    pub(super) channel: Option<Channel>,
+    pub(super) channel: Option<RelayChannel>,
     /// Drawn once per session, presented by every link, so a new link takes the name over.
     pub(super) agent_key: AgentKey,
     pub(super) agent_version: String,
@@ -119,7 +118,7 @@ impl Registration {
             Some(channel) => (channel.clone(), channel.clone()),
             None => (
                 self.relay.connect(&self.settings).await?,
-                self.relay.endpoint(&self.settings).connect_lazy(),
+                self.relay.connect_lazy(&self.settings)?,
             ),
         };
         let client = TunnelServiceClient::new(control_channel);

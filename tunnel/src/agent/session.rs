@@ -12,7 +12,6 @@ use sesame_proto::v1::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
-use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forward::{self, Forward, Target};
@@ -25,8 +24,8 @@ use super::supervisor::supervise;
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
 use crate::transport::DEFAULT_RELAY;
 use crate::{
-    AgentKey, Connection, Error, RelayUrl, RemoteName, SessionId, Ticket, TransportSettings,
-    format_duration,
+    AgentKey, Connection, Error, RelayAccess, RelayChannel, RelayUrl, RemoteName, SessionId,
+    Ticket, TransportSettings, format_duration,
 };
 
 /// How many accepted connections may wait for a listener to take them.
@@ -37,23 +36,24 @@ const LISTENER_BACKLOG: usize = 128;
 #[must_use]
 pub struct SessionBuilder {
     name: RemoteName,
-    relay: Option<RelayUrl>,
-    channel: Option<Channel>,
+    relay: Option<RelayAccess>,
+    channel: Option<RelayChannel>,
     agent_version: String,
     settings: TransportSettings,
     reconnect: Option<Reconnect>,
 }
 
 impl SessionBuilder {
-    /// The relay to register with; [`DEFAULT_RELAY`](crate::DEFAULT_RELAY) unless set.
-    pub fn relay(mut self, relay: RelayUrl) -> Self {
-        self.relay = Some(relay);
+    /// The relay to register with, how to trust it and the token to present (or just its
+    /// address); [`DEFAULT_RELAY`](crate::DEFAULT_RELAY), without a token, unless set.
+    pub fn relay(mut self, relay: impl Into<RelayAccess>) -> Self {
+        self.relay = Some(relay.into());
         self
     }
 
     /// An existing channel to the relay, used instead of connecting to an address, for the
     /// first session and for every reconnect.
-    pub fn channel(mut self, channel: Channel) -> Self {
+    pub fn channel(mut self, channel: RelayChannel) -> Self {
         self.channel = Some(channel);
         self
     }
@@ -92,9 +92,11 @@ impl SessionBuilder {
     pub async fn connect(self) -> Result<Session, Error> {
         let relay = match self.relay {
             Some(relay) => relay,
-            None => DEFAULT_RELAY
-                .parse()
-                .expect("the default relay address is valid"),
+            None => RelayAccess::from(
+                DEFAULT_RELAY
+                    .parse::<RelayUrl>()
+                    .expect("the default relay address is valid"),
+            ),
         };
         let shared = Arc::new(Shared {
             registration: Registration {
@@ -176,7 +178,7 @@ impl Session {
 
     /// The relay's address.
     pub fn relay(&self) -> &RelayUrl {
-        &self.shared().registration.relay
+        &self.shared().registration.relay.url
     }
 
     /// Exposes `port` and returns the stream of connections dialed to it.

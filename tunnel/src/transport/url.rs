@@ -1,54 +1,56 @@
-//! Reaching a relay: its address, and the HTTP/2 channel every client shares.
+//! A relay's address.
 
 use std::fmt;
 use std::str::FromStr;
 
-use tonic::transport::{Channel, Endpoint, Uri};
-
-use crate::{Error, TransportSettings};
+use tonic::transport::Uri;
 
 /// The port a relay listens on when its address names none.
 pub const DEFAULT_PORT: u16 = 7373;
 
 /// The relay clients use when told nothing else: one on this machine.
-pub const DEFAULT_RELAY: &str = "http://127.0.0.1:7373";
+pub const DEFAULT_RELAY: &str = "https://127.0.0.1:7373";
 
-/// The address of a relay: `http://HOST[:PORT]`, or just `HOST[:PORT]`. The port defaults to
-/// [`DEFAULT_PORT`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The address of a relay: `https://HOST[:PORT]`, `http://HOST[:PORT]` for a relay that
+/// serves plaintext (on loopback only), or just `HOST[:PORT]`, which means `https://`. The port
+/// defaults to [`DEFAULT_PORT`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelayUrl {
-    uri: Uri,
+    uri: String,
 }
 
 impl RelayUrl {
     /// The address as a URI.
-    pub fn uri(&self) -> &Uri {
-        &self.uri
+    pub fn uri(&self) -> Uri {
+        self.uri.parse().expect("checked when parsed")
     }
 
-    /// The gRPC endpoint for this relay, tuned by `settings`.
-    pub fn endpoint(&self, settings: &TransportSettings) -> Endpoint {
-        Endpoint::from(self.uri.clone())
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(settings.stream_window)
-            .initial_connection_window_size(settings.connection_window)
-            .max_frame_size(settings.max_frame_size)
-            .http2_adaptive_window(false)
-            .http2_keep_alive_interval(settings.keepalive_interval)
-            .keep_alive_timeout(settings.keepalive_timeout)
-            .keep_alive_while_idle(true)
+    /// Whether the relay is reached over TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.uri.starts_with("https://")
     }
 
-    /// Opens the HTTP/2 connection to the relay, failing at once when it cannot be reached.
-    pub async fn connect(&self, settings: &TransportSettings) -> Result<Channel, Error> {
-        self.endpoint(settings)
-            .connect()
-            .await
-            .map_err(|source| Error::RelayUnreachable {
-                relay: self.to_string(),
-                source,
-            })
+    /// The host, as written (an IPv6 address keeps its brackets).
+    pub fn host(&self) -> &str {
+        let authority = self.authority();
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        let authority = self.authority();
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("checked when parsed")
+    }
+
+    fn authority(&self) -> &str {
+        self.uri
+            .split_once("://")
+            .map_or(self.uri.as_str(), |(_, rest)| rest)
     }
 }
 
@@ -64,18 +66,18 @@ impl FromStr for RelayUrl {
         let full = if text.contains("://") {
             text.to_owned()
         } else {
-            format!("http://{text}")
+            format!("https://{text}")
         };
         let uri: Uri = full.parse().map_err(|e| invalid(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let scheme = match uri.scheme_str() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => {
                 return Err(invalid(
-                    "TLS to the relay is not supported yet, use http://",
+                    "the scheme must be https:// (or http:// for plaintext)",
                 ));
             }
-            _ => return Err(invalid("the scheme must be http://")),
-        }
+        };
         let authority = uri.authority().ok_or_else(|| invalid("it names no host"))?;
         if authority.host().is_empty() {
             return Err(invalid("it names no host"));
@@ -92,17 +94,15 @@ impl FromStr for RelayUrl {
             },
             None => return Err(invalid("it names no host")),
         };
-        let uri = format!("http://{host}:{port}")
-            .parse()
-            .map_err(|e| invalid(&format!("{e}")))?;
+        let uri = format!("{scheme}://{host}:{port}");
+        uri.parse::<Uri>().map_err(|e| invalid(&format!("{e}")))?;
         Ok(RelayUrl { uri })
     }
 }
 
 impl fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let authority = self.uri.authority().expect("checked when parsed");
-        write!(f, "http://{authority}")
+        f.write_str(&self.uri)
     }
 }
 
@@ -121,19 +121,28 @@ mod tests {
             "http://127.0.0.1:9000"
         );
         assert_eq!(
-            parse("http://relay.example/").unwrap(),
-            "http://relay.example:7373"
+            parse("https://relay.example/").unwrap(),
+            "https://relay.example:7373"
         );
-        assert_eq!(parse("127.0.0.1:9000").unwrap(), "http://127.0.0.1:9000");
-        assert_eq!(parse("[::1]:9000").unwrap(), "http://[::1]:9000");
+        assert_eq!(parse("127.0.0.1:9000").unwrap(), "https://127.0.0.1:9000");
+        assert_eq!(parse("[::1]:9000").unwrap(), "https://[::1]:9000");
         assert_eq!(parse(DEFAULT_RELAY).unwrap(), DEFAULT_RELAY);
+        let url: RelayUrl = "[::1]:9000".parse().unwrap();
+        assert_eq!(
+            (url.host(), url.port(), url.is_tls()),
+            ("[::1]", 9000, true)
+        );
+        let url: RelayUrl = "http://relay".parse().unwrap();
+        assert_eq!(
+            (url.host(), url.port(), url.is_tls()),
+            ("relay", 7373, false)
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_use() {
         for (text, why) in [
             ("", "empty"),
-            ("https://relay", "TLS"),
             ("ftp://relay", "scheme"),
             ("http://relay/x", "path"),
             ("http://:80", "host"),

@@ -1,0 +1,215 @@
+//! Who may do what: every call is authenticated to a [`Caller`], whose scopes are checked
+//! before the call acts.
+//!
+//! [`Authorize`] is the pluggable part: [`TokenStore`](crate::tokens::TokenStore) checks
+//! bearer tokens; [`AllowAll`] lets everyone in, for a relay embedded where only trusted code
+//! reaches it.
+
+mod scope;
+pub(crate) mod throttle;
+
+use std::sync::Arc;
+
+use sesame_tunnel::RemoteName;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+pub use scope::{Pattern, Scope};
+
+/// What a call asks the relay to do.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Action<'a> {
+    /// Register a remote under this name (an agent's session).
+    Register(&'a RemoteName),
+    /// Open a connection to this remote.
+    Dial(&'a RemoteName),
+    /// Manage the relay's tokens.
+    Admin,
+}
+
+/// Who made a call: the token it presented and what that token may do.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    token: Option<String>,
+    scopes: Arc<[Scope]>,
+    ended: Option<CancellationToken>,
+}
+
+impl Caller {
+    /// A caller presenting token `id` with these scopes; `ended` is cancelled when the token is
+    /// revoked or expires, ending what the caller has open.
+    pub fn new(id: String, scopes: Arc<[Scope]>, ended: CancellationToken) -> Self {
+        Caller {
+            token: Some(id),
+            scopes,
+            ended: Some(ended),
+        }
+    }
+
+    /// A caller who may do anything, without a token: what [`AllowAll`] authenticates.
+    pub fn anyone() -> Self {
+        Caller {
+            token: None,
+            scopes: Arc::new([Scope::Admin]),
+            ended: None,
+        }
+    }
+
+    /// The id of the caller's token; `None` without one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The caller's scopes.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// Cancelled when the caller's token is revoked or expires; `None` for a caller whose
+    /// access never ends.
+    pub fn ended(&self) -> Option<&CancellationToken> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the caller may do `action`: `PERMISSION_DENIED`, naming the scope it lacks, if
+    /// not.
+    pub fn check(&self, action: Action<'_>) -> Result<(), Status> {
+        if self.allows(action) {
+            return Ok(());
+        }
+        let (needed, what) = match action {
+            Action::Register(name) => (format!("expose:{name}"), format!("expose {name:?}")),
+            Action::Dial(name) => (format!("connect:{name}"), format!("connect to {name:?}")),
+            Action::Admin => ("admin".to_owned(), "manage tokens".to_owned()),
+        };
+        Err(Status::permission_denied(format!(
+            "this token may not {what}: that needs a scope like {needed}, and it has {}",
+            self.describe_scopes()
+        )))
+    }
+
+    /// Whether the caller may see a remote in lists: it may expose or connect to it.
+    pub fn may_see(&self, name: &RemoteName) -> bool {
+        self.allows(Action::Dial(name)) || self.allows(Action::Register(name))
+    }
+
+    fn allows(&self, action: Action<'_>) -> bool {
+        self.scopes.iter().any(|scope| match (scope, action) {
+            (Scope::Admin, _) => true,
+            (Scope::Expose(pattern), Action::Register(name)) => pattern.matches(name.as_str()),
+            (Scope::Connect(pattern), Action::Dial(name)) => pattern.matches(name.as_str()),
+            _ => false,
+        })
+    }
+
+    fn describe_scopes(&self) -> String {
+        let scopes: Vec<String> = self.scopes.iter().map(Scope::to_string).collect();
+        if scopes.is_empty() {
+            "none".to_owned()
+        } else {
+            scopes.join(", ")
+        }
+    }
+}
+
+/// Decides who a call comes from, and who owns which name.
+pub trait Authorize: Send + Sync + 'static {
+    /// The caller, from the call's metadata (`authorization: Bearer TOKEN`); `UNAUTHENTICATED`
+    /// when the token is missing, unknown, revoked or expired.
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
+
+    /// Lets `caller` register `name`, recording it as the name's owner if nobody owns it yet;
+    /// `PERMISSION_DENIED` when another token owns it.
+    fn claim_name(&self, caller: &Caller, name: &RemoteName) -> Result<(), Status> {
+        let _ = (caller, name);
+        Ok(())
+    }
+}
+
+/// Lets everyone do everything: for a relay embedded where only trusted code can reach it
+/// (tests, or behind an authenticating proxy). `sesame relay serve` always checks tokens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Authorize for AllowAll {
+    fn authenticate(&self, _metadata: &MetadataMap) -> Result<Caller, Status> {
+        Ok(Caller::anyone())
+    }
+}
+
+/// The bearer token in a call's metadata: `None` without an `authorization` header, an error
+/// for one that is not `Bearer TOKEN`.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let malformed = || Status::unauthenticated("the authorization header is not `Bearer TOKEN`");
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some(token.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(scopes: &[&str]) -> Caller {
+        let scopes: Vec<Scope> = scopes.iter().map(|s| s.parse().unwrap()).collect();
+        Caller::new("t".into(), scopes.into(), CancellationToken::new())
+    }
+
+    #[test]
+    fn scopes_decide_and_refusals_say_what_is_missing() {
+        let name = RemoteName::new("laptop-2").unwrap();
+        let other = RemoteName::new("prod-db").unwrap();
+        let agent = caller(&["expose:laptop-*"]);
+        assert!(agent.check(Action::Register(&name)).is_ok());
+        let refused = agent.check(Action::Dial(&name)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("connect:laptop-2"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains("expose:laptop-*"),
+            "{}",
+            refused.message()
+        );
+        assert!(agent.check(Action::Register(&other)).is_err());
+        assert!(agent.check(Action::Admin).is_err());
+        assert!(agent.may_see(&name) && !agent.may_see(&other));
+        let admin = caller(&["admin"]);
+        assert!(admin.check(Action::Admin).is_ok() && admin.may_see(&other));
+        assert!(
+            caller(&[])
+                .check(Action::Dial(&name))
+                .unwrap_err()
+                .message()
+                .contains("none")
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_strictly() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(bearer_token(&metadata).unwrap(), None);
+        metadata.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&metadata).unwrap(), Some("abc"));
+        metadata.insert("authorization", "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer_token(&metadata).unwrap(), Some("abc"));
+        for bad in ["Basic abc", "Bearer", "Bearer  ", "abc"] {
+            metadata.insert("authorization", bad.parse().unwrap());
+            assert_eq!(
+                bearer_token(&metadata).unwrap_err().code(),
+                tonic::Code::Unauthenticated,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The token store's file, `tokens.json` in the relay's data directory: token hashes, scopes
+//! and the names each token owns. Written whole to a temporary file, then renamed, readable
+//! by the relay's user alone.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The format's version; a file of another version is refused, not guessed at.
+pub(crate) const VERSION: u32 = 1;
+
+/// The whole file.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreFile {
+    pub(crate) version: u32,
+    pub(crate) tokens: Vec<TokenEntry>,
+    /// Remote name to the id of the token that owns it.
+    pub(crate) names: BTreeMap<String, String>,
+}
+
+/// One token, without its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenEntry {
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) label: String,
+    pub(crate) scopes: Vec<String>,
+    /// SHA-256 of the secret, hex.
+    pub(crate) sha256: String,
+    /// Unix seconds.
+    pub(crate) created: u64,
+    #[serde(default)]
+    pub(crate) expires: Option<u64>,
+    #[serde(default)]
+    pub(crate) revoked: Option<u64>,
+}
+
+/// Parses the file's text.
+pub(crate) fn parse(text: &[u8]) -> Result<StoreFile, String> {
+    let file: StoreFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    if file.version != VERSION {
+        return Err(format!(
+            "it has format version {}, and this relay reads version {VERSION}",
+            file.version
+        ));
+    }
+    Ok(file)
+}
+
+/// Writes the file whole: to `path.tmp` (mode 0600), synced, then renamed over `path`.
+pub(crate) fn write(path: &Path, file: &StoreFile) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("json.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options.open(&temporary)?;
+    out.write_all(&text)?;
+    out.write_all(b"\n")?;
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip_and_strangers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let mut file = StoreFile {
+            version: VERSION,
+            ..StoreFile::default()
+        };
+        file.tokens.push(TokenEntry {
+            id: "0123abcd".into(),
+            label: "laptop".into(),
+            scopes: vec!["expose:laptop".into()],
+            sha256: "00".repeat(32),
+            created: 1,
+            expires: Some(2),
+            revoked: None,
+        });
+        file.names.insert("laptop".into(), "0123abcd".into());
+        write(&path, &file).unwrap();
+        assert_eq!(parse(&std::fs::read(&path).unwrap()).unwrap(), file);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(
+            parse(b"{\"version\":2,\"tokens\":[],\"names\":{}}")
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(parse(b"not json").is_err());
+        assert!(parse(b"{\"version\":1,\"tokens\":[],\"names\":{},\"extra\":1}").is_err());
+    }
+}
