@@ -24,11 +24,13 @@ pub mod http_backend;
 pub mod process;
 pub mod public;
 pub mod python;
+pub mod secure;
 
 pub use banner::RelayBanner;
 pub use grpc_echo::GrpcEcho;
 pub use http_backend::{HttpBackend, expected_download};
 pub use python::{WsEchoServer, python, require_python_modules};
+pub use secure::{LegitTransfer, SecureRelay};
 
 /// The README's Rust example, compiled as a doctest so that it stays true.
 #[cfg(doctest)]
