@@ -662,3 +662,139 @@ async fn a_client_that_never_finishes_its_tls_handshake_is_cut() {
     })
     .await
 }
+
+/// A relay that, once the agent exposes a port, asks it to dial another one.
+struct HostileRelay {
+    target: u16,
+    failures: mpsc::Sender<sesame_proto::v1::DialFailure>,
+}
+
+type Responses =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<OpenSessionResponse, Status>> + Send>>;
+type DataResponses = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = Result<sesame_proto::v1::AcceptConnectionResponse, Status>>
+            + Send,
+    >,
+>;
+
+#[sesame_tunnel::tonic::async_trait]
+impl sesame_proto::v1::tunnel_service_server::TunnelService for HostileRelay {
+    type OpenSessionStream = Responses;
+    type AcceptConnectionStream = DataResponses;
+
+    async fn open_session(
+        &self,
+        request: sesame_tunnel::tonic::Request<Streaming<OpenSessionRequest>>,
+    ) -> Result<sesame_tunnel::tonic::Response<Responses>, Status> {
+        use open_session_response::Message;
+        let mut requests = request.into_inner();
+        let Some(open_session_request::Message::Hello(hello)) =
+            requests.message().await?.and_then(|m| m.message)
+        else {
+            return Err(Status::invalid_argument("no hello"));
+        };
+        let (answers, responses) = mpsc::channel(8);
+        let welcome = sesame_proto::v1::Welcome {
+            protocol_version: hello.protocol_version,
+            session_id: "hostile".into(),
+            remote: None,
+            settings: hello.settings,
+        };
+        let send = |message| {
+            Ok(OpenSessionResponse {
+                message: Some(message),
+            })
+        };
+        answers.send(send(Message::Welcome(welcome))).await.unwrap();
+        let (target, failures) = (self.target, self.failures.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                match request.message {
+                    Some(open_session_request::Message::ExposePort(expose)) => {
+                        let port = expose.port.unwrap_or_default();
+                        let _ = answers
+                            .send(send(Message::PortExposed(sesame_proto::v1::PortExposed {
+                                port: Some(port),
+                            })))
+                            .await;
+                        let notice = sesame_proto::v1::DialNotice {
+                            ticket: Ticket::generate().as_bytes().to_vec().into(),
+                            port: u32::from(target),
+                            dialer: "hostile".into(),
+                        };
+                        let _ = answers.send(send(Message::DialNotice(notice))).await;
+                    }
+                    Some(open_session_request::Message::DialFailure(failure)) => {
+                        let _ = failures.send(failure).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(sesame_tunnel::tonic::Response::new(Box::pin(
+            ReceiverStream::new(responses),
+        )))
+    }
+
+    async fn accept_connection(
+        &self,
+        _request: sesame_tunnel::tonic::Request<Streaming<AcceptConnectionRequest>>,
+    ) -> Result<sesame_tunnel::tonic::Response<DataResponses>, Status> {
+        Err(Status::unimplemented("a hostile relay takes no connection"))
+    }
+}
+
+#[tokio::test]
+async fn an_agent_refuses_to_dial_a_port_it_did_not_expose() {
+    within(async {
+        // A service on this machine that the agent was never told to expose.
+        let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let private_port = private.local_addr().unwrap().port();
+        let (failures, mut failed) = mpsc::channel(4);
+        let hostile = HostileRelay {
+            target: private_port,
+            failures,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            sesame_tunnel::tonic::transport::Server::builder()
+                .add_service(
+                    sesame_proto::v1::tunnel_service_server::TunnelServiceServer::new(hostile),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        let echo = echo_server().await;
+        let session = sesame_tunnel::Session::builder(name("victim"))
+            .relay(
+                format!("http://{addr}")
+                    .parse::<sesame_tunnel::RelayUrl>()
+                    .unwrap(),
+            )
+            .no_reconnect()
+            .connect()
+            .await
+            .unwrap();
+        let _forward = session
+            .forward(7, Target::new("127.0.0.1", echo.port()))
+            .await
+            .unwrap();
+
+        let failure = failed.recv().await.expect("the agent answered the dial");
+        let status = failure.status.unwrap();
+        assert_eq!(Code::from_i32(status.code), Code::NotFound, "{status:?}");
+        assert!(
+            status.message.contains(&format!("port {private_port}")),
+            "{status:?}"
+        );
+        // Refused before anything was dialed: the private service saw no connection.
+        let pending = tokio::time::timeout(Duration::ZERO, private.accept()).await;
+        assert!(
+            pending.is_err(),
+            "the agent connected to a port it did not expose"
+        );
+    })
+    .await
+}

@@ -5,4 +5,5 @@ mod bad_input;
 mod end_to_end;
 mod endpoints;
 mod lifecycle;
+mod security;
 mod util;

@@ -1,0 +1,311 @@
+//! Tokens, login and TLS from the command line: `login` and `logout` with the keyring or its
+//! file fallback, token precedence, `relay token create/ls/revoke`, plaintext only on
+//! loopback, and secrets kept out of logs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::*;
+
+/// `sesame ARGS` with its settings in `config`, the keyring as the system has it, and `env`.
+fn with_config(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = sesame();
+    command
+        .env("SESAME_CONFIG_DIR", config)
+        .env_remove("SESAME_KEYRING")
+        .args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    run(command, b"")
+}
+
+/// Checks that the command failed (exit code 1) saying `fragment`; returns its stderr.
+fn fails(output: &Output, fragment: &str) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(stderr.contains(fragment), "stderr: {stderr}");
+    stderr
+}
+
+fn succeeds(output: &Output) -> String {
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    stdout
+}
+
+#[test]
+fn login_checks_the_certificate_and_token_stores_them_and_logout_forgets() {
+    let relay = Relay::start();
+    let config = scratch_dir();
+    let url = relay.url.as_str();
+
+    // Not on a terminal, a self-signed relay needs its fingerprint: nothing is stored.
+    let output = with_config(&config, &["login", url, "--token", &relay.token], &[]);
+    let stderr = fails(&output, "not signed by an authority this system trusts");
+    assert!(stderr.contains(&relay.fingerprint), "{stderr}");
+    let wrong = "AB:".repeat(31) + "AB";
+    let output = with_config(
+        &config,
+        &[
+            "login",
+            url,
+            "--token",
+            &relay.token,
+            "--fingerprint",
+            &wrong,
+        ],
+        &[],
+    );
+    fails(&output, "not the relay you meant");
+    let output = with_config(
+        &config,
+        &[
+            "login",
+            url,
+            "--fingerprint",
+            &relay.fingerprint,
+            "--token",
+            "sesame_0123abcd_00112233445566778899aabbccddeeff",
+        ],
+        &[],
+    );
+    let stderr = fails(&output, "the token is not valid");
+    assert!(stderr.contains("hint: log in"), "{stderr}");
+    assert!(
+        !config.join("config.json").exists(),
+        "a failed login stores nothing"
+    );
+
+    let output = with_config(
+        &config,
+        &[
+            "login",
+            url,
+            "--token",
+            &relay.token,
+            "--fingerprint",
+            &relay.fingerprint,
+        ],
+        &[],
+    );
+    let stdout = succeeds(&output);
+    assert!(stdout.contains(&format!("logged in to {url}")), "{stdout}");
+    assert!(stdout.contains("scopes admin"), "{stdout}");
+    let credentials = config.join("credentials.json");
+    if stdout.contains("the token is in the system keyring") {
+        assert!(!credentials.exists());
+    } else {
+        // No keyring service on this machine: the file, readable by its owner alone.
+        assert!(stdout.contains("which only you can read"), "{stdout}");
+        let stored = std::fs::read_to_string(&credentials).unwrap();
+        assert!(stored.contains(&relay.token));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&credentials)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Later commands need neither the relay, nor its fingerprint, nor the token.
+    let agent = relay.create_token(&["expose:pinned", "connect:pinned"]);
+    let mut command = relay.command_with(&agent);
+    command.args(["expose", "--name", "pinned", "9"]);
+    let mut exposed = Proc::start(command);
+    exposed.wait_for(|line| line.contains("reach it with:"));
+    let stdout = succeeds(&with_config(&config, &["ls"], &[]));
+    assert!(stdout.contains("pinned"), "{stdout}");
+
+    // Precedence: --token, then SESAME_TOKEN, then the stored token.
+    let viewer = relay.create_token(&["connect:nothing"]);
+    let hidden = |output: &Output| succeeds(output).contains("none, at least");
+    assert!(hidden(&with_config(
+        &config,
+        &["ls", "--token", &viewer],
+        &[]
+    )));
+    assert!(hidden(&with_config(
+        &config,
+        &["ls"],
+        &[("SESAME_TOKEN", &viewer)]
+    )));
+    assert!(!hidden(&with_config(
+        &config,
+        &["ls", "--token", &relay.token],
+        &[("SESAME_TOKEN", &viewer)]
+    )));
+
+    let stdout = succeeds(&with_config(&config, &["logout"], &[]));
+    assert!(stdout.contains(&format!("forgot, for {url}")), "{stdout}");
+    let stored = std::fs::read_to_string(&credentials).unwrap_or_default();
+    assert!(!stored.contains(&relay.token), "logout removes the token");
+    let output = with_config(
+        &config,
+        &["--relay", url, "--fingerprint", &relay.fingerprint, "ls"],
+        &[],
+    );
+    let stderr = fails(&output, "needs a token");
+    assert!(stderr.contains("hint: log in"), "{stderr}");
+}
+
+#[test]
+fn tokens_are_created_listed_and_revoked_from_the_command_line() {
+    let relay = Relay::start();
+    let output = relay.run(
+        &[
+            "relay",
+            "token",
+            "create",
+            "--scope",
+            "expose:cam",
+            "--label",
+            "camera",
+            "--expires",
+            "1h",
+        ],
+        b"",
+    );
+    let stdout = succeeds(&output);
+    assert!(stdout.contains("with scopes expose:cam"), "{stdout}");
+    assert!(stdout.contains("it expires at"), "{stdout}");
+    let token = stdout
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("sesame_"))
+        .unwrap()
+        .to_owned();
+    let id = &token["sesame_".len().."sesame_".len() + 8];
+
+    let mut command = relay.command_with(&token);
+    command.args(["expose", "--name", "cam", "9"]);
+    let mut agent = Proc::start(command);
+    agent.wait_for(|line| line.contains("reach it with:"));
+
+    let listed = succeeds(&relay.run(&["relay", "token", "ls"], b""));
+    let row = listed.lines().find(|line| line.starts_with(id)).unwrap();
+    assert!(
+        row.contains("camera") && row.contains("expose:cam"),
+        "{row}"
+    );
+    assert!(row.contains("expires in") && row.contains("cam"), "{row}");
+    let json: serde_json::Value = serde_json::from_str(&succeeds(
+        &relay.run(&["relay", "token", "ls", "--json"], b""),
+    ))
+    .unwrap();
+    let entry = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap();
+    assert_eq!(entry["live_remotes"], 1);
+    assert_eq!(entry["owned_names"], serde_json::json!(["cam"]));
+
+    // A token without admin cannot manage tokens.
+    let mut command = relay.command_with(&token);
+    command.args(["relay", "token", "ls"]);
+    let stderr = fails(&run(command, b""), "may not manage tokens");
+    assert!(
+        stderr.contains("hint: ask the relay's administrator"),
+        "{stderr}"
+    );
+
+    let stdout = succeeds(&relay.run(&["relay", "token", "revoke", id], b""));
+    assert!(stdout.contains(&format!("revoked token {id}")), "{stdout}");
+    let (status, output) = agent.wait_exit();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("revoked"), "{output}");
+    let listed = succeeds(&relay.run(&["relay", "token", "ls"], b""));
+    let row = listed.lines().find(|line| line.starts_with(id)).unwrap();
+    assert!(row.contains("revoked"), "{row}");
+    let stderr = fails(
+        &relay.run(&["relay", "token", "revoke", "ffffffff"], b""),
+        "no token has the id",
+    );
+    assert!(!stderr.is_empty());
+    let output = relay.run(&["relay", "token", "create", "--scope", "root"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("is not a scope"));
+}
+
+#[test]
+fn plaintext_is_refused_off_loopback_and_warned_about_on_it() {
+    let output = sesame_run(&[
+        "relay",
+        "serve",
+        "--insecure-plaintext",
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    fails(
+        &output,
+        "--insecure-plaintext is accepted only on a loopback address",
+    );
+
+    let data_dir = scratch_dir();
+    let mut relay = Proc::sesame(&[
+        "relay",
+        "serve",
+        "--insecure-plaintext",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let line = relay.wait_for(|line| line.starts_with("relay listening on "));
+    let addr = line.trim_start_matches("relay listening on ").to_owned();
+    let line = relay.wait_for(|line| line.trim_start().starts_with("admin token: "));
+    let token = line.trim().trim_start_matches("admin token: ").to_owned();
+    let url = format!("http://{addr}");
+    let stdout = succeeds(&sesame_run(&["--relay", &url, "--token", &token, "ls"]));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+    // A TLS client cannot reach it by mistake.
+    let output = sesame_run(&[
+        "--relay",
+        &format!("https://{addr}"),
+        "--token",
+        &token,
+        "ls",
+    ]);
+    fails(&output, "cannot reach relay");
+    relay.signal("TERM");
+    let (_, output) = relay.wait_exit();
+    assert!(output.contains("without TLS"), "{output}");
+}
+
+#[test]
+fn secrets_stay_out_of_logs() {
+    let relay = Relay::start_with("127.0.0.1:0", &["-vvv"]);
+    let agent_token = relay.create_token(&["expose:quiet"]);
+    let mut command: Command = relay.command_with(&agent_token);
+    command.args(["-vvv", "expose", "--name", "quiet", "9"]);
+    let mut agent = Proc::start(command);
+    agent.wait_for(|line| line.contains("reach it with:"));
+    agent.signal("INT");
+    let (_, agent_output) = agent.wait_exit();
+    let mut relay = relay;
+    relay.proc.signal("TERM");
+    let (_, relay_output) = relay.proc.wait_exit();
+    for (who, output) in [("agent", &agent_output), ("relay", &relay_output)] {
+        let logs: String = output
+            .lines()
+            .filter(|line| line.starts_with("[stderr]"))
+            .collect();
+        assert!(!logs.is_empty(), "{who} logged at -vvv");
+        assert!(
+            !logs.contains(&agent_token),
+            "{who}'s logs hold the agent's token"
+        );
+        assert!(
+            !logs.contains(&relay.token),
+            "{who}'s logs hold the admin token"
+        );
+        let secret = &agent_token["sesame_".len() + 9..];
+        assert!(
+            !logs.contains(secret),
+            "{who}'s logs hold a token's secret part"
+        );
+    }
+}
