@@ -91,9 +91,14 @@ wait_line() {
 python3 -u scripts/soak.py echo > "$work/echo.out" 2> "$work/echo.err" & pids+=($!)
 echo_port=$(wait_line "$work/echo.out" '^echo listening on ' $! | sed -E 's/.*:([0-9]+)$/\1/')
 
-"$sesame" relay serve --listen 127.0.0.1:0 > "$work/relay.out" 2> "$work/relay.err" & pids+=($!)
+"$sesame" relay serve --listen 127.0.0.1:0 --data-dir "$work/relay-data" \
+  > "$work/relay.out" 2> "$work/relay.err" & pids+=($!)
 relay_pid=$!
-relay="http://$(wait_line "$work/relay.out" '^relay listening on 127\.0\.0\.1:[0-9]+$' $relay_pid | awk '{print $4}')"
+relay="https://$(wait_line "$work/relay.out" '^relay listening on 127\.0\.0\.1:[0-9]+$' $relay_pid | awk '{print $4}')"
+# The relay's own certificate and first token: TLS and tokens, as it runs by default.
+export SESAME_FINGERPRINT SESAME_TOKEN
+SESAME_FINGERPRINT=$(wait_line "$work/relay.out" '^  fingerprint: ' $relay_pid | awk '{print $2}')
+SESAME_TOKEN=$(wait_line "$work/relay.out" '^  admin token: ' $relay_pid | awk '{print $3}')
 
 "$sesame" --relay "$relay" expose "$echo_port" --name soak > "$work/agent.out" 2> "$work/agent.err" & pids+=($!)
 agent_pid=$!

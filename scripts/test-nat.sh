@@ -188,12 +188,17 @@ start_tunnel() {
   local keepalive=${1:-} tag=${1:-main} flags=()
   [ -z "${tunnel_pids:-}" ] || stop "${tunnel_pids[@]}"
   [ -z "$keepalive" ] || flags=(--keepalive "$keepalive")
-  spawn relay "relay-$tag" "$sesame" "${flags[@]}" -v relay serve --listen 10.77.2.2:0 --grace 2s
+  spawn relay "relay-$tag" "$sesame" "${flags[@]}" -v relay serve --listen 10.77.2.2:0 --grace 2s \
+    --data-dir "$work/relay-data-$tag"
   tunnel_pids=($!)
   relay_log=relay-$tag
-  local addr
+  local addr fingerprint token
   addr=$(wait_line "$relay_log" '^relay listening on 10\.77\.2\.2:[0-9]+$' 10 | awk '{print $4}')
-  sesame_flags=("${flags[@]}" --relay "http://$addr")
+  # Across the "internet", the relay serves TLS with its self-signed certificate, and wants
+  # its token.
+  fingerprint=$(wait_line "$relay_log" '^  fingerprint: ' 10 | awk '{print $2}')
+  token=$(wait_line "$relay_log" '^  admin token: ' 10 | awk '{print $3}')
+  sesame_flags=("${flags[@]}" --relay "https://$addr" --fingerprint "$fingerprint" --token "$token")
   agent_log=agent-$tag
   spawn lan "$agent_log" "$sesame" "${sesame_flags[@]}" expose 22 "$svc_port" "$paced_port" --name lanbox
   tunnel_pids+=($!)

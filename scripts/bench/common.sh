@@ -59,6 +59,24 @@ wait_line() {
   fail "timed out waiting for '$pattern' from $name: $(cat "$work/$name.log")"
 }
 
+# Starts `sesame relay serve --listen 127.0.0.1:0 ARGS...` as NAME with a data directory of its
+# own; sets $pid and relay_flags: --relay and --token, and --fingerprint unless it serves
+# plaintext (--insecure-plaintext among ARGS).
+start_relay() {
+  local name=$1 addr token fingerprint
+  shift
+  spawn "$name" "$sesame" relay serve --listen 127.0.0.1:0 --data-dir "$work/$name-data" "$@"
+  addr=$(wait_line "$name" '^relay listening on ' "$pid" | awk '{print $4}')
+  token=$(wait_line "$name" '^  admin token: ' "$pid" | awk '{print $3}')
+  case " $* " in
+    *" --insecure-plaintext "*) relay_flags=(--relay "http://$addr" --token "$token") ;;
+    *)
+      fingerprint=$(wait_line "$name" '^  fingerprint: ' "$pid" | awk '{print $2}')
+      relay_flags=(--relay "https://$addr" --fingerprint "$fingerprint" --token "$token")
+      ;;
+  esac
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Whether a server could listen on PORT (SO_REUSEADDR, as tokio's listeners: TIME_WAIT is no use).
 port_is_free() {

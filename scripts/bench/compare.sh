@@ -24,7 +24,7 @@ source scripts/lib.sh
 source scripts/bench/common.sh
 
 seconds=${1:-5}
-paths=(direct sesame sesame-tcp bore rathole-tcp rathole-noise ssh)
+paths=(direct sesame sesame-tls sesame-tcp bore rathole-tcp rathole-noise ssh)
 bore_control_port=7835 # fixed in bore 0.6: it has no flag for it
 
 made_run_sshd=
@@ -54,35 +54,34 @@ start_direct() {
   entry[direct/iperf3]=${target[iperf3]} entry[direct/echo]=${target[echo]} procs[direct]=
 }
 
-# Relay, an agent exposing both targets, and a `connect --listen` dialer per target.
+# Relay, an agent exposing both targets, and a `connect --listen` dialer per target; the gRPC
+# connections in plaintext for PATH sesame, over TLS (the relay's default) for sesame-tls.
 start_sesame() {
-  local relay relay_pid agent_pid dialers=() service
-  spawn sesame-relay "$sesame" relay serve --listen 127.0.0.1:0
+  local path=${1:-sesame} relay_pid agent_pid dialers=() service plaintext=()
+  [ "$path" = sesame-tls ] || plaintext=(--insecure-plaintext)
+  start_relay "$path-relay" "${plaintext[@]}"
   relay_pid=$pid
-  relay="http://$(wait_line sesame-relay '^relay listening on ' "$pid" | awk '{print $4}')"
-  spawn sesame-agent "$sesame" --relay "$relay" expose "${target[iperf3]}" "${target[echo]}" --name bench
+  spawn "$path-agent" "$sesame" "${relay_flags[@]}" expose "${target[iperf3]}" "${target[echo]}" --name bench
   agent_pid=$pid
-  wait_line sesame-agent '^remote bench is connected to relay ' "$pid" > /dev/null
+  wait_line "$path-agent" '^remote bench is connected to relay ' "$pid" > /dev/null
   for service in iperf3 echo; do
-    spawn "sesame-dialer-$service" "$sesame" --relay "$relay" connect bench --port "${target[$service]}" \
+    spawn "$path-dialer-$service" "$sesame" "${relay_flags[@]}" connect bench --port "${target[$service]}" \
       --listen 127.0.0.1:0
     dialers+=("dialer-$service=$pid")
-    entry[sesame/$service]=$(wait_line "sesame-dialer-$service" '^listening on ' "$pid" |
+    entry[$path/$service]=$(wait_line "$path-dialer-$service" '^listening on ' "$pid" |
       sed -E 's/^listening on [0-9.]+:([0-9]+):.*/\1/')
   done
-  wait_echo "${entry[sesame/echo]}"
-  procs[sesame]="relay=$relay_pid agent=$agent_pid ${dialers[*]}"
+  wait_echo "${entry[$path/echo]}"
+  procs[$path]="relay=$relay_pid agent=$agent_pid ${dialers[*]}"
 }
 
 # A relay with a range of public TCP ports, and an agent publishing both targets on two of them:
 # the clients connect to the relay itself, with no `connect --listen` in between.
 start_sesame_tcp() {
-  local relay relay_pid service
-  spawn sesame-tcp-relay "$sesame" relay serve --listen 127.0.0.1:0 --tcp-ports "$(free_port_range 4)" \
-    --public-host 127.0.0.1
+  local relay_pid service
+  start_relay sesame-tcp-relay --insecure-plaintext --tcp-ports "$(free_port_range 4)" --public-host 127.0.0.1
   relay_pid=$pid
-  relay="http://$(wait_line sesame-tcp-relay '^relay listening on ' "$pid" | awk '{print $4}')"
-  spawn sesame-tcp-agent "$sesame" --relay "$relay" expose "${target[iperf3]}" "${target[echo]}" --name bench \
+  spawn sesame-tcp-agent "$sesame" "${relay_flags[@]}" expose "${target[iperf3]}" "${target[echo]}" --name bench \
     --tcp="${target[iperf3]}" --tcp="${target[echo]}"
   for service in iperf3 echo; do
     entry[sesame-tcp/$service]=$(published_tcp_port sesame-tcp-agent "${target[$service]}" "$pid")
@@ -172,6 +171,7 @@ start_path() {
   case $1 in
     rathole-*) start_rathole "${1#rathole-}" ;;
     sesame-tcp) start_sesame_tcp ;;
+    sesame-tls) start_sesame sesame-tls ;;
     *) "start_$1" ;;
   esac
 }

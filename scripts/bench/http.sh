@@ -91,19 +91,18 @@ start_direct() {
 # One relay serving the virtual hosts over HTTP and HTTPS and a range of TCP ports, and one
 # agent publishing nginx's port on both: three paths, measured one at a time.
 start_sesame() {
-  local dir=$work/sesame relay relay_pid path
+  local dir=$work/sesame relay_pid path
   mkdir "$dir"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj "/CN=*.$domain" -addext "subjectAltName=DNS:*.$domain" \
     -keyout "$dir/key.pem" -out "$dir/cert.pem" 2> /dev/null
-  spawn sesame-relay "$sesame" relay serve --listen 127.0.0.1:0 --domain "$domain" \
+  start_relay sesame-relay --domain "$domain" \
     --http-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" \
     --tcp-ports "$(free_port_range 2)" --public-host 127.0.0.1
   relay_pid=$pid
-  relay="http://$(wait_line sesame-relay '^relay listening on ' "$pid" | awk '{print $4}')"
   url[sesame-http]="http://$(wait_line sesame-relay '^serving http://' "$pid" | awk '{print $4}')"
   url[sesame-https]="https://$(wait_line sesame-relay '^serving https://' "$pid" | awk '{print $4}')"
-  spawn sesame-agent "$sesame" --relay "$relay" expose "$nginx_port" --name "$name" --http --tcp
+  spawn sesame-agent "$sesame" "${relay_flags[@]}" expose "$nginx_port" --name "$name" --http --tcp
   # The agent prints its public addresses once the relay has published them all.
   url[sesame-tcp]="http://127.0.0.1:$(published_tcp_port sesame-agent "$nginx_port" "$pid")"
   for path in sesame-http sesame-https sesame-tcp; do procs[$path]="relay=$relay_pid agent=$pid"; done

@@ -17,7 +17,8 @@ import sys
 
 NAMES = {
     "direct": "direct loopback (the limit)",
-    "sesame": "sesame (connect --listen)",
+    "sesame": "sesame (connect --listen, plaintext)",
+    "sesame-tls": "sesame (connect --listen, TLS)",
     "sesame-tcp": "sesame (public TCP port)",
     "bore": "bore",
     "rathole-tcp": "rathole, tcp",
