@@ -361,7 +361,7 @@ impl FreezingProxy {
 
     /// The proxy's address, as a relay URL.
     pub fn url(&self) -> RelayUrl {
-        self.addr.to_string().parse().unwrap()
+        format!("http://{}", self.addr).parse().unwrap()
     }
 
     /// Freezes every connection open now; later ones are not affected.

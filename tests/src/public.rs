@@ -80,7 +80,9 @@ impl PublicRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
         let range = free_port_range(tcp_ports).await;
         let relay = Relay::builder()

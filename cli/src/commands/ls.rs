@@ -78,7 +78,7 @@ pub async fn run(access: RelayAccess, args: LsArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("no remotes are connected to {relay} (none, at least, that this token may see)");
+        println!("no remotes are connected to {relay}, or none this token may see");
     } else {
         print!("{}", table(&rows, SystemTime::now()));
     }

@@ -8,11 +8,13 @@
 //! ```no_run
 //! # async fn example() -> Result<(), sesame_tunnel::Error> {
 //! use futures_util::StreamExt;
-//! use sesame_tunnel::{RemoteName, Session};
+//! use sesame_tunnel::{RelayAccess, RelayUrl, RemoteName, Session, Token, Trust};
 //! use tokio::io::AsyncWriteExt;
 //!
+//! let url: RelayUrl = "https://relay.example.com".parse().unwrap();
+//! let token: Token = "sesame_1a2b3c4d_00112233445566778899aabbccddeeff".parse().unwrap();
 //! let session = Session::builder(RemoteName::new("device-42")?)
-//!     .relay("http://127.0.0.1:7373".parse().unwrap())
+//!     .relay(RelayAccess::new(url, Trust::SystemRoots, Some(token)))
 //!     .connect()
 //!     .await?;
 //! let mut listener = session.listen(80).await?;
