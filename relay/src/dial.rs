@@ -11,6 +11,7 @@ use sesame_tunnel::splice::{FromDialer, LocalDial, ToDialer};
 use sesame_tunnel::{Connection, Error, RemoteName, Ticket, format_duration};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::debug;
 
@@ -18,12 +19,14 @@ use crate::state::{PendingDial, State};
 
 /// Dials `port` of `name` for `peer` (an address, for the agent's logs), carrying
 /// `from_dialer`; returns the stream of what the remote sends, beginning with `opened`.
+/// Cancelling `dialer_ended` (the dialer's token was revoked) cuts the connection.
 pub(crate) async fn dial(
     state: &Arc<State>,
     name: &RemoteName,
     port: u16,
     peer: String,
     from_dialer: FromDialer,
+    dialer_ended: Option<CancellationToken>,
 ) -> Result<ToDialer, Status> {
     let not_found = || Error::RemoteNotFound {
         name: name.to_string(),
@@ -49,6 +52,7 @@ pub(crate) async fn dial(
     let dial = PendingDial {
         session: record.session.clone(),
         slot,
+        dialer_ended,
         from_dialer,
         reply,
     };
@@ -97,6 +101,6 @@ pub(crate) async fn dial_local(
     peer: String,
 ) -> Result<Connection, Status> {
     let (local, from_dialer) = LocalDial::new(&state.config.transport);
-    let to_dialer = dial(state, name, port, peer, from_dialer).await?;
+    let to_dialer = dial(state, name, port, peer, from_dialer, None).await?;
     Ok(local.connect(to_dialer, name.clone(), port))
 }

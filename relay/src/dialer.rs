@@ -42,7 +42,8 @@ impl DialerService for Dialer {
             Status::invalid_argument(format!("port {} is not a valid port", target.port))
         })?;
         caller.check(Action::Dial(&name))?;
-        let to_dialer = dial(state, &name, port, peer, Box::pin(requests)).await?;
+        let ended = caller.ended().cloned();
+        let to_dialer = dial(state, &name, port, peer, Box::pin(requests), ended).await?;
         Ok(Response::new(to_dialer))
     }
 }

@@ -32,6 +32,7 @@
 //!   that Dial calls and public endpoints share;
 //! - [`tls`]: the certificate for TLS (given, or self-signed in the data directory), reloaded
 //!   when its files change; `incoming`: TLS connections for the gRPC listener;
+//!   `private_file`: files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings.
 
@@ -42,6 +43,7 @@ mod dialer;
 mod endpoints;
 mod http;
 mod incoming;
+mod private_file;
 pub mod proxy_protocol;
 pub mod registry;
 mod remotes;

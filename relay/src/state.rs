@@ -9,7 +9,7 @@ use sesame_proto::v1::OpenSessionResponse;
 use sesame_tunnel::splice::{FromDialer, ToDialer};
 use sesame_tunnel::{RemoteName, SessionId, Ticket};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Status};
 
 use crate::auth::throttle::FailedAuthLimiter;
@@ -30,8 +30,6 @@ pub(crate) struct State {
     failures: FailedAuthLimiter,
     /// The names each token holds now, and through which session.
     holdings: Mutex<HashMap<String, HashMap<RemoteName, SessionId>>>,
-    /// Per token, what cuts its connections when it is revoked (a child of `cut`).
-    token_cuts: Mutex<HashMap<String, CancellationToken>>,
     /// The public endpoints: virtual hosts and TCP ports.
     pub(crate) endpoints: Endpoints,
     /// Cancelled when the relay begins to shut down: sessions drain and end.
@@ -105,6 +103,8 @@ pub(crate) struct PendingDial {
     pub(crate) session: SessionId,
     /// The connection's slot among the session's.
     pub(crate) slot: ConnectionSlot,
+    /// Cancelled when the dialer's token is revoked or expires.
+    pub(crate) dialer_ended: Option<CancellationToken>,
     /// The dialer's request stream, after its target.
     pub(crate) from_dialer: FromDialer,
     /// Where the dial's outcome goes.
@@ -132,7 +132,6 @@ impl State {
             auth,
             tokens,
             holdings: Mutex::default(),
-            token_cuts: Mutex::default(),
             endpoints,
             shutdown: CancellationToken::new(),
             cut: CancellationToken::new(),
@@ -192,26 +191,31 @@ impl State {
         lock(&self.holdings).get(token).map_or(0, HashMap::len)
     }
 
-    /// What cuts `caller`'s connections: the relay's cut, or, for a token that can be revoked,
-    /// a child of it that the token's end also cancels.
-    pub(crate) fn connection_cut(&self, caller: &Caller) -> CancellationToken {
-        let (Some(token), Some(ended)) = (caller.token(), caller.ended()) else {
-            return self.cut.clone();
-        };
-        let mut cuts = lock(&self.token_cuts);
-        if let Some(cut) = cuts.get(token) {
-            return cut.clone();
+    /// What cuts one connection: the relay's cut, or, when either side's token can end, a
+    /// child of it that the end of either token also cancels. The guard cancels it when the
+    /// connection is gone, so that its watcher ends too.
+    pub(crate) fn connection_cut(
+        &self,
+        agent_ended: Option<&CancellationToken>,
+        dialer_ended: Option<&CancellationToken>,
+    ) -> (CancellationToken, Option<DropGuard>) {
+        if agent_ended.is_none() && dialer_ended.is_none() {
+            return (self.cut.clone(), None);
         }
         let cut = self.cut.child_token();
-        cuts.insert(token.to_owned(), cut.clone());
-        let (ended, watched) = (ended.clone(), cut.clone());
+        let (agent, dialer, watched) = (
+            agent_ended.cloned().unwrap_or_default(),
+            dialer_ended.cloned().unwrap_or_default(),
+            cut.clone(),
+        );
         tokio::spawn(async move {
             tokio::select! {
-                () = ended.cancelled() => watched.cancel(),
+                () = agent.cancelled() => watched.cancel(),
+                () = dialer.cancelled() => watched.cancel(),
                 () = watched.cancelled() => {}
             }
         });
-        cut
+        (cut.clone(), Some(cut.drop_guard()))
     }
 
     pub(crate) fn add_session(&self, id: SessionId, link: SessionLink) {

@@ -41,21 +41,6 @@ pub const SELF_SIGNED_CERT: &str = "relay-cert.pem";
 /// The self-signed certificate's key in the data directory.
 pub const SELF_SIGNED_KEY: &str = "relay-key.pem";
 
-/// Writes a file that only its owner may read (mode 0600), whole, then renames it in place.
-fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)
-}
-
 /// Why a certificate and its key could not be loaded.
 ///
 /// Every message names the file at fault; the underlying cause, where there is one, is the
@@ -293,9 +278,9 @@ impl ReloadingCertificate {
             let certificate = params
                 .self_signed(&key)
                 .map_err(|e| TlsError::Generate(e.to_string()))?;
-            write_private(&key_path, key.serialize_pem().as_bytes())
+            crate::private_file::write(&key_path, key.serialize_pem().as_bytes())
                 .map_err(write_error(&key_path))?;
-            write_private(&cert_path, certificate.pem().as_bytes())
+            crate::private_file::write(&cert_path, certificate.pem().as_bytes())
                 .map_err(write_error(&cert_path))?;
         }
         Ok((Self::load(cert_path, key_path)?, generated))

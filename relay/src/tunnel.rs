@@ -168,10 +168,11 @@ impl TunnelService for Tunnel {
             return Err(unknown());
         }
         let dial = state.take_dial(&ticket, &session).ok_or_else(unknown)?;
-        let cut = state.connection_cut(&caller);
+        let (cut, cut_guard) = state.connection_cut(caller.ended(), dial.dialer_ended.as_ref());
         let (to_dialer, to_agent) = splice(dial.from_dialer, requests, link.chunk_limit, &cut);
-        // The slot is given back when both halves of the connection are gone.
-        let slot = Arc::new(dial.slot);
+        // The slot is given back, and the cut's watcher stopped, when both halves of the
+        // connection are gone.
+        let slot = Arc::new((dial.slot, cut_guard));
         let (dialer_slot, agent_slot) = (slot.clone(), slot);
         let to_dialer: ToDialer = Box::pin(to_dialer.inspect(move |_| {
             let _ = &dialer_slot;

@@ -326,6 +326,29 @@ async fn revoking_a_token_ends_its_sessions_and_connections_within_a_second() {
         let mut byte = [0];
         conn.read_exact(&mut byte).await.unwrap();
 
+        // Revoking a dialer's token cuts its connections, and no one else's.
+        let other = relay.token(&["connect:doomed"]);
+        let mut other_conn = relay
+            .dialer(&other)
+            .await
+            .dial(&name("doomed"), 7)
+            .await
+            .unwrap();
+        other_conn.write_all(b"y").await.unwrap();
+        other_conn.read_exact(&mut byte).await.unwrap();
+        relay.store.revoke(&SecureRelay::id_of(&other)).unwrap();
+        let mut rest = Vec::new();
+        let cut = tokio::time::timeout(Duration::from_secs(1), other_conn.read_to_end(&mut rest))
+            .await
+            .expect("the dialer's connection ended within a second of the revocation");
+        assert!(
+            cut.is_err(),
+            "the connection was cut, not ended cleanly: {cut:?}"
+        );
+        conn.write_all(b"z").await.unwrap();
+        conn.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"z", "the other dialer's connection carries on");
+
         legit.more().await;
         relay.store.revoke(&SecureRelay::id_of(&agent)).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(1), session.closed())

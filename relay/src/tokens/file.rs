@@ -3,7 +3,6 @@
 //! by the relay's user alone.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -51,20 +50,11 @@ pub(crate) fn parse(text: &[u8]) -> Result<StoreFile, String> {
     Ok(file)
 }
 
-/// Writes the file whole: to `path.tmp` (mode 0600), synced, then renamed over `path`.
+/// Writes the file whole, readable by its owner alone.
 pub(crate) fn write(path: &Path, file: &StoreFile) -> std::io::Result<()> {
-    let text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    let temporary = path.with_extension("json.tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut out = options.open(&temporary)?;
-    out.write_all(&text)?;
-    out.write_all(b"\n")?;
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&temporary, path)
+    let mut text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    crate::private_file::write(path, &text)
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl Trust {
     fn verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, String> {
         let verifier: Arc<dyn ServerCertVerifier> = match self {
             Trust::Pinned(fingerprint) => Arc::new(PinnedVerifier {
-                pinned: *fingerprint,
+                pinned: Some(*fingerprint),
                 provider: provider(),
             }),
             Trust::SystemRoots => authority_verifier(system_roots()?)?,
@@ -178,10 +178,11 @@ fn rustls_pemfile_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>
         .map_err(|e| format!("it is not a PEM certificate file: {e}"))
 }
 
-/// Accepts exactly one certificate, by its fingerprint, and checks that the relay holds its key.
+/// Accepts exactly one certificate, by its fingerprint (none at all without one), and checks
+/// that the relay holds its key.
 #[derive(Debug)]
 struct PinnedVerifier {
-    pinned: Fingerprint,
+    pinned: Option<Fingerprint>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -195,14 +196,15 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let presented = Fingerprint::of(end_entity);
-        if presented == self.pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the relay's certificate has fingerprint {presented}, not the trusted {}: \
+        match self.pinned {
+            Some(pinned) if pinned == presented => Ok(ServerCertVerified::assertion()),
+            Some(pinned) => Err(rustls::Error::General(format!(
+                "the relay's certificate has fingerprint {presented}, not the trusted {pinned}: \
                  it changed, or this is not your relay",
-                self.pinned
-            )))
+            ))),
+            None => Err(rustls::Error::General(
+                "this system has no certificate authorities".to_owned(),
+            )),
         }
     }
 
@@ -263,7 +265,10 @@ impl Recorder {
     pub(crate) fn new(trust: &Trust) -> Result<Arc<Self>, String> {
         let judge = match (trust, trust.verifier()) {
             // Without system authorities, nothing vouches: the fingerprint decides.
-            (Trust::SystemRoots, Err(_)) => Arc::new(Refuse),
+            (Trust::SystemRoots, Err(_)) => Arc::new(PinnedVerifier {
+                pinned: None,
+                provider: provider(),
+            }),
             (_, verifier) => verifier?,
         };
         Ok(Arc::new(Recorder {
@@ -325,59 +330,6 @@ impl ServerCertVerifier for Recorder {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.judge.supported_verify_schemes()
-    }
-}
-
-/// Vouches for nothing: the judge when no authority is available.
-#[derive(Debug)]
-struct Refuse;
-
-impl ServerCertVerifier for Refuse {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(
-            "this system has no certificate authorities".to_owned(),
-        ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
