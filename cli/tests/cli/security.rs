@@ -309,3 +309,54 @@ fn secrets_stay_out_of_logs() {
         );
     }
 }
+
+#[test]
+fn on_a_terminal_login_shows_the_fingerprint_and_asks_for_trust_and_token() {
+    require("python3");
+    let relay = Relay::start();
+    let config = scratch_dir();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/answer_prompts.py"
+    );
+    let login = |answer: &str| {
+        let mut command = Command::new("python3");
+        command
+            .arg(script)
+            .args(["trust this relay?", answer])
+            .args(["token for", &format!("{}\\n", relay.token)])
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_sesame"))
+            .args(["login", &relay.url])
+            .env("SESAME_CONFIG_DIR", &config)
+            .env("SESAME_KEYRING", "off")
+            .env_remove("SESAME_TOKEN")
+            .env_remove("SESAME_FINGERPRINT");
+        run(command, b"")
+    };
+    // Refusing the certificate stores nothing and never asks for the token.
+    let refused = login("n");
+    let shown = text(&refused.stdout);
+    assert!(shown.contains(&relay.fingerprint), "{shown}");
+    assert!(shown.contains("not logged in"), "{shown}");
+    assert!(!config.join("config.json").exists());
+
+    let accepted = login("y");
+    let shown = text(&accepted.stdout);
+    assert!(accepted.status.success(), "{shown}");
+    assert!(
+        !shown.contains(&relay.token),
+        "the token is not echoed: {shown}"
+    );
+    assert!(
+        shown.contains(&format!("logged in to {}", relay.url)),
+        "{shown}"
+    );
+    let stored = std::fs::read_to_string(config.join("config.json")).unwrap();
+    assert!(
+        stored.contains(&relay.fingerprint),
+        "the fingerprint is pinned: {stored}"
+    );
+    let stdout = succeeds(&with_config(&config, &["ls"], &[("SESAME_KEYRING", "off")]));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+}
