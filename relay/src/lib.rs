@@ -29,13 +29,17 @@
 //!   that Dial calls and public endpoints share;
 //! - [`tls`]: the certificate for TLS, reloaded when its files change;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
-//! - `state`: what the services share; [`config`]: the settings.
+//! - `state`: what the services share; [`config`]: the settings;
+//! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
 
 pub mod auth;
 pub mod config;
 mod dial;
 mod dialer;
 mod endpoints;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod proxy_protocol;
 pub mod registry;
