@@ -63,7 +63,10 @@ fn server<M: ServerMessage>(message: M) {
             assert_eq!(again, Some(Inbound::Data(chunk)));
         }
         Ok(Inbound::CloseWrite) => {
-            assert_eq!(M::close_write().into_inbound().ok(), Some(Inbound::CloseWrite));
+            assert_eq!(
+                M::close_write().into_inbound().ok(),
+                Some(Inbound::CloseWrite)
+            );
         }
         Err(status) => {
             let _ = sesame_tunnel::Error::from_status(status).to_string();
@@ -88,7 +91,10 @@ fn identifiers(data: &[u8]) {
     if let Ok(name) = RemoteName::new(text) {
         assert_eq!(name.as_str(), text);
         let resource = name.resource_name();
-        assert_eq!(RemoteName::from_resource_name(&resource).ok(), Some(name.clone()));
+        assert_eq!(
+            RemoteName::from_resource_name(&resource).ok(),
+            Some(name.clone())
+        );
         assert_eq!(text.parse::<RemoteName>().ok(), Some(name));
     }
     if let Ok(name) = RemoteName::from_resource_name(text) {

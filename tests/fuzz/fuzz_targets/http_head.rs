@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sesame_relay::fuzzing::{
-    DOMAIN, HttpFront, rewrite_request_headers, rewrite_response_headers,
-};
+use sesame_relay::fuzzing::{DOMAIN, HttpFront, rewrite_request_headers, rewrite_response_headers};
 use sesame_tunnel::RemoteName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
@@ -118,7 +116,12 @@ fn helpers(front: &HttpFront, input: &[u8]) {
     }
     let mut response = headers.clone();
     let upgrade = rewrite_request_headers(&mut headers, host, input.len() % 2 == 0);
-    for hop in ["keep-alive", "proxy-connection", "transfer-encoding", "trailer"] {
+    for hop in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "trailer",
+    ] {
         assert!(!headers.contains_key(hop), "{hop} was forwarded");
     }
     assert_eq!(headers.contains_key("upgrade"), upgrade);

@@ -55,7 +55,10 @@ fn on_relay(request: OpenSessionRequest) {
                     );
                     assert_eq!(accepted.agent_key.is_some(), key_len > 0);
                     // The hello an agent would send with what was accepted is accepted as is.
-                    let key = accepted.agent_key.clone().unwrap_or_else(AgentKey::generate);
+                    let key = accepted
+                        .agent_key
+                        .clone()
+                        .unwrap_or_else(AgentKey::generate);
                     let again = handshake::hello(
                         &accepted.name,
                         &accepted.agent_version,
