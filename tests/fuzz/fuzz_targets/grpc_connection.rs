@@ -4,10 +4,15 @@
 //! Each input is a whole connection to a real relay (`Relay::builder().build()`, served in
 //! process with `serve_with_incoming` over an in-memory stream): HTTP/2 frames, gRPC
 //! messages, and so every handler of `TunnelService`, `DialerService` and `RemoteService`.
-//! When the first byte is even, the HTTP/2 client preface is sent first, so that the fuzzer
-//! reaches frames and messages at once; the first byte itself is never sent. The client then
-//! shuts its write side, reads what the relay answers until it closes or a short time passes,
-//! and the relay shuts down. Nothing may panic or hang.
+//! The first byte is never sent: when it is even, the HTTP/2 client preface is sent first, so
+//! that the fuzzer reaches frames and messages at once; unless its second bit is set, the
+//! client waits until the relay has acted on everything before it shuts its write side (an
+//! HTTP/2 server drops the calls it has not handed out yet when the connection ends). The
+//! client reads what the relay answers until it closes or a short time passes, and the relay
+//! shuts down. Nothing may panic or hang.
+//!
+//! The runtime's clock is paused: a timer fires as soon as nothing else can run, so the
+//! relay's timeouts (and this target's) cost no real time and a run never waits idle.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -25,6 +30,10 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The longest any one step of a run may take.
 const STEP: Duration = Duration::from_millis(200);
 
+/// How long the client waits before it shuts its write side, when it lets the relay settle:
+/// less than any timeout of the relay's.
+const SETTLE: Duration = Duration::from_millis(1);
+
 /// The most bytes of the relay's answer read.
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -33,6 +42,7 @@ fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .expect("a runtime")
     })
@@ -42,11 +52,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let preface = mode % 2 == 0;
-    runtime().block_on(connection(preface, rest));
+    let preface = mode & 1 == 0;
+    let settle = mode & 2 == 0;
+    runtime().block_on(connection(preface, settle, rest));
 });
 
-async fn connection(preface: bool, input: &[u8]) {
+async fn connection(preface: bool, settle: bool, input: &[u8]) {
     let mut config = RelayConfig::default();
     // Calls that wait for a message give up within a run.
     config.handshake_timeout = STEP;
@@ -68,6 +79,10 @@ async fn connection(preface: bool, input: &[u8]) {
             writer.write_all(PREFACE).await?;
         }
         writer.write_all(input).await?;
+        if settle {
+            // With the clock paused, this passes once every task waits.
+            tokio::time::sleep(SETTLE).await;
+        }
         writer.shutdown().await
     };
     let read = async {

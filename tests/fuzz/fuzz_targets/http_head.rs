@@ -5,8 +5,10 @@
 //! `sesame_relay::fuzzing::HttpFront` (feature `fuzzing`) over an in-memory stream: the
 //! HTTP/1.1-or-HTTP/2 sniffing, hyper's parsing, the host lookup, the header rewriting and
 //! the relay's error pages. `h1.relay.test` and `h2.relay.test` have routes (to services
-//! that cannot be reached), `gone.relay.test` went offline. When the first byte is odd the
-//! HTTP/2 preface is sent first; the first byte itself is never sent.
+//! that cannot be reached), `gone.relay.test` went offline. The first byte is never sent:
+//! when it is odd the HTTP/2 preface is sent first, and unless its second bit is set the
+//! client waits until the relay has acted on everything before it shuts its write side. The
+//! runtime's clock is paused, so timeouts cost no real time.
 //!
 //! The same bytes, read as text, also go straight to the pure helpers: the first line as a
 //! host to look up, the rest as `name: value` header lines to rewrite as a request's and a
@@ -29,6 +31,9 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The longest a run may take.
 const STEP: Duration = Duration::from_millis(200);
 
+/// How long the client waits before it shuts its write side, when it lets the relay settle.
+const SETTLE: Duration = Duration::from_millis(1);
+
 /// The most bytes of the relay's answer read.
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -42,6 +47,7 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| Fixture {
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .expect("a runtime"),
         front: HttpFront::default(),
@@ -54,12 +60,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let fixture = fixture();
     helpers(&fixture.front, rest);
-    fixture
-        .runtime
-        .block_on(connection(&fixture.front, mode % 2 == 1, rest));
+    fixture.runtime.block_on(connection(
+        &fixture.front,
+        mode & 1 == 1,
+        mode & 2 == 0,
+        rest,
+    ));
 });
 
-async fn connection(front: &HttpFront, preface: bool, input: &[u8]) {
+async fn connection(front: &HttpFront, preface: bool, settle: bool, input: &[u8]) {
     let (client, server) = tokio::io::duplex(64 << 10);
     let (mut reader, mut writer) = tokio::io::split(client);
     let write = async {
@@ -67,6 +76,10 @@ async fn connection(front: &HttpFront, preface: bool, input: &[u8]) {
             writer.write_all(PREFACE).await?;
         }
         writer.write_all(input).await?;
+        if settle {
+            // With the clock paused, this passes once every task waits.
+            tokio::time::sleep(SETTLE).await;
+        }
         writer.shutdown().await
     };
     let read = async {
