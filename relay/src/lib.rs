@@ -34,13 +34,17 @@
 //!   when its files change; `incoming`: TLS connections for the gRPC listener;
 //!   `private_file`: files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
-//! - `state`: what the services share; [`config`]: the settings.
+//! - `state`: what the services share; [`config`]: the settings;
+//! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
 
 pub mod auth;
 pub mod config;
 mod dial;
 mod dialer;
 mod endpoints;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod incoming;
 mod private_file;

@@ -9,7 +9,7 @@
 //!   changes; `pages`: the relay's own answers.
 
 mod backend;
-mod headers;
+pub(crate) mod headers;
 mod pages;
 mod proxy;
 mod rewind;
@@ -25,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -80,13 +80,16 @@ enum Version {
     Http2,
 }
 
-/// Serves one client connection: TLS first for HTTPS, then HTTP/1.1 or HTTP/2.
-async fn serve_connection(
+/// Serves one client connection (a TCP stream, or an in-memory one when fuzzing): TLS first
+/// for HTTPS, then HTTP/1.1 or HTTP/2.
+pub(crate) async fn serve_connection<IO>(
     state: Arc<State>,
-    tcp: TcpStream,
+    tcp: IO,
     client: SocketAddr,
     tls: Option<TlsAcceptor>,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let head_timeout = state.config.http.head_timeout;
     match tls {
         Some(acceptor) => {
@@ -127,7 +130,7 @@ async fn serve_connection(
 
 /// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the connection's first bytes; returns
 /// them, to be read again.
-async fn sniff(tcp: &mut TcpStream) -> io::Result<(Version, Bytes)> {
+async fn sniff(tcp: &mut (impl AsyncRead + Unpin)) -> io::Result<(Version, Bytes)> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     // Each read adds at least a byte, so this takes at most as many rounds as the preface has
     // bytes.
