@@ -44,6 +44,7 @@ impl Default for HttpFront {
             RelayConfig::default(),
             Arc::new(MemoryRegistry::default()),
             Arc::new(AllowAll),
+            None,
             Endpoints::new(Some(site), None),
         ));
         let session = SessionId::from_wire("fuzzing".to_owned());
