@@ -2,15 +2,17 @@
 
     answer_prompts.py PROMPT ANSWER [PROMPT ANSWER ...] -- COMMAND [ARGS ...]
 
-Waits (up to 20 s each) for each PROMPT to appear in what the command prints, then types
-ANSWER (`\\n` stands for Enter). Prints everything the command printed, and exits with its exit
-code; 124 if a prompt never came.
+Waits (up to 20 s each) for each PROMPT to appear in what the command prints, and for the
+command to read its terminal (it turns off line editing or echo to read a key or a secret),
+then types ANSWER (`\\n` stands for Enter). Prints everything the command printed, and exits
+with its exit code; 124 if a prompt never came.
 """
 
 import os
 import pty
 import select
 import sys
+import termios
 import time
 
 
@@ -23,9 +25,9 @@ def main() -> int:
         os.execvp(command[0], command)
     seen = b""
 
-    def read(deadline: float) -> bool:
+    def read(deadline: float, most: float = 20.0) -> bool:
         nonlocal seen
-        left = deadline - time.monotonic()
+        left = min(deadline - time.monotonic(), most)
         if left <= 0:
             return False
         ready, _, _ = select.select([fd], [], [], left)
@@ -49,6 +51,13 @@ def main() -> int:
                 os.kill(pid, 9)
                 return 124
         seen = seen.replace(prompt.encode(), b"<prompt>", 1)
+        # Typed before the command switches its terminal to read, the answer could be lost.
+        while termios.tcgetattr(fd)[3] & termios.ICANON and termios.tcgetattr(fd)[3] & termios.ECHO:
+            if time.monotonic() > deadline:
+                print(f"\nanswer_prompts: {prompt!r} never read", file=sys.stderr)
+                os.kill(pid, 9)
+                return 124
+            read(deadline, most=0.01)
         os.write(fd, answer.replace("\\n", "\n").encode())
     deadline = time.monotonic() + 20
     while read(deadline):

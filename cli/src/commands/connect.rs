@@ -25,6 +25,7 @@ pub async fn run(
         let conn = dialer.dial(&args.name, args.port).await?;
         return stdio(conn).await;
     }
+    let stop = super::stop_requested();
     // Fail now, not at the first connection, if the remote or its port is not there.
     check_exposed(RemoteServiceClient::new(channel), &args.name, args.port).await?;
     let listen = args
@@ -39,7 +40,7 @@ pub async fn run(
         args.name, args.port
     );
     tokio::select! {
-        () = super::stop_requested() => Ok(()),
+        () = stop => Ok(()),
         result = serve(listener, dialer, args.name, args.port) => result,
     }
 }

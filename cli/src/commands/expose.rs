@@ -22,24 +22,32 @@ pub async fn run(
         bail!("port {} is given twice", twice.port);
     }
     let publishing = publishing(&args)?;
+    let mut stop = std::pin::pin!(super::stop_requested());
     let name = match args.name {
         Some(name) => name,
         None => default_name()?,
     };
     let relay = access.url.clone();
-    let session = Session::builder(name.clone())
-        .relay(access)
-        .transport(transport)
-        .connect()
-        .await?;
-    let mut forwards = Vec::with_capacity(args.ports.len());
-    for (spec, publish) in args.ports.iter().zip(publishing) {
-        let forward = session
-            .forward_with(spec.port, spec.target.clone(), publish)
-            .await
-            .with_context(|| format!("cannot expose port {}", spec.port))?;
-        forwards.push(forward);
-    }
+    let starting = async {
+        let session = Session::builder(name.clone())
+            .relay(access)
+            .transport(transport)
+            .connect()
+            .await?;
+        let mut forwards = Vec::with_capacity(args.ports.len());
+        for (spec, publish) in args.ports.iter().zip(publishing) {
+            let forward = session
+                .forward_with(spec.port, spec.target.clone(), publish)
+                .await
+                .with_context(|| format!("cannot expose port {}", spec.port))?;
+            forwards.push(forward);
+        }
+        anyhow::Ok((session, forwards))
+    };
+    let (session, _forwards) = tokio::select! {
+        () = &mut stop => return Ok(()),
+        started = starting => started?,
+    };
 
     println!("remote {name} is connected to relay {relay}");
     let relay_flag = if relay.to_string() == sesame_tunnel::DEFAULT_RELAY {
@@ -62,7 +70,7 @@ pub async fn run(
     }
 
     tokio::select! {
-        () = super::stop_requested() => {
+        () = stop => {
             session.close();
             Ok(())
         }

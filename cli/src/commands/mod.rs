@@ -7,25 +7,35 @@ pub mod ls;
 pub mod relay;
 pub mod token;
 
-/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM.
-pub async fn stop_requested() {
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM. The handlers are
+/// installed when this is called, not when the future is first polled, so a command that calls
+/// it before it starts work cannot be killed outright by a signal that comes early.
+pub fn stop_requested() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
+        let handlers = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        async move {
+            match handlers {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

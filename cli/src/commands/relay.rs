@@ -29,6 +29,7 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
             args.listen.ip()
         );
     }
+    let stop = super::stop_requested();
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
@@ -123,11 +124,9 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
             );
             tokio::spawn(reload_on_hangup(certificate.clone()));
             let tls = certificate.server_config_for(&[b"h2"]);
-            relay
-                .serve_tls(listener, tls, super::stop_requested())
-                .await
+            relay.serve_tls(listener, tls, stop).await
         }
-        None => relay.serve(listener, super::stop_requested()).await,
+        None => relay.serve(listener, stop).await,
     }
     .context("the relay failed")?;
     println!("relay stopped");
