@@ -256,8 +256,9 @@ impl ReloadingCertificate {
     }
 
     /// Loads `relay-cert.pem` and `relay-key.pem` from `data_dir`, first generating them (a
-    /// self-signed ECDSA P-256 certificate for `names`, with the key readable by the owner
-    /// alone) if the directory holds none. Returns whether they were generated.
+    /// self-signed ECDSA P-256 certificate for `names`, the key readable by the owner alone, in
+    /// a directory made so too) if the directory holds none. Returns whether they were
+    /// generated.
     pub fn self_signed(data_dir: &Path, names: &[String]) -> Result<(Arc<Self>, bool), TlsError> {
         let cert_path = data_dir.join(SELF_SIGNED_CERT);
         let key_path = data_dir.join(SELF_SIGNED_KEY);
@@ -267,6 +268,11 @@ impl ReloadingCertificate {
                 let path = path.to_owned();
                 move |source| TlsError::Write { path, source }
             };
+            let mut directory = fs::DirBuilder::new();
+            directory.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut directory, 0o700);
+            directory.create(data_dir).map_err(write_error(data_dir))?;
             let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
             let mut params = rcgen::CertificateParams::new(names.to_vec())
                 .map_err(|e| TlsError::Generate(e.to_string()))?;

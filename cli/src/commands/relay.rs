@@ -34,14 +34,16 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
-    let opened = TokenStore::open(&data_dir)?;
+    // The token store last: a new store's admin token is shown only once, so the relay must
+    // not make one and then fail to start.
+    let listener = bind(args.listen).await?;
+    let addr = listener.local_addr()?;
     let certificate = if args.insecure_plaintext {
         None
     } else {
         Some(certificate(&args, &data_dir)?)
     };
-    let listener = bind(args.listen).await?;
-    let addr = listener.local_addr()?;
+    let opened = TokenStore::open(&data_dir)?;
     println!("relay listening on {addr}");
     let url = match &certificate {
         Some((certificate, origin)) => {

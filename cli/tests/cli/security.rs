@@ -360,3 +360,23 @@ fn on_a_terminal_login_shows_the_fingerprint_and_asks_for_trust_and_token() {
     let stdout = succeeds(&with_config(&config, &["ls"], &[("SESAME_KEYRING", "off")]));
     assert!(stdout.contains("no remotes"), "{stdout}");
 }
+
+#[test]
+fn a_relay_that_cannot_start_makes_no_admin_token_nobody_saw() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data_dir = scratch_dir();
+    let output = sesame_run(&[
+        "relay",
+        "serve",
+        "--listen",
+        &addr,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    fails(&output, &format!("cannot listen on {addr}"));
+    assert!(
+        !data_dir.join("tokens.json").exists(),
+        "the next start makes the admin token, and shows it"
+    );
+}
