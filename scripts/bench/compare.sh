@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures Sesame side by side with its peers, all on loopback, in one run: direct loopback (the
-# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame two ways: through
-# `connect --listen`, and through a public TCP port of the relay. Each path forwards to the same
+# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame three ways: through
+# `connect --listen` in plaintext and over TLS, and through a public TCP port of the relay. Each path forwards to the same
 # iperf3 server and the same echo server.
 #
 #   scripts/bench/compare.sh [SECONDS]     how long each iperf3 run and connection run lasts (5)
