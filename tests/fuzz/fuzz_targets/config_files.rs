@@ -30,14 +30,7 @@ struct Files {
 fn files() -> &'static Files {
     static FILES: OnceLock<Files> = OnceLock::new();
     FILES.get_or_init(|| {
-        // Memory-backed when there is one: each run writes the files anew.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temporary directory");
+        let dir = sesame_fuzz::scratch_dir();
         Files {
             cert: dir.path().join("cert.pem"),
             key: dir.path().join("key.pem"),

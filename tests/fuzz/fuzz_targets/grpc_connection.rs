@@ -20,32 +20,13 @@ use std::time::Duration;
 
 use futures_util::{StreamExt as _, stream};
 use libfuzzer_sys::fuzz_target;
+use sesame_fuzz::{STEP, paused_runtime, play_client};
 use sesame_relay::{Relay, RelayConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-
-/// The first bytes of an HTTP/2 connection.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The longest any one step of a run may take.
-const STEP: Duration = Duration::from_millis(200);
-
-/// How long the client waits before it shuts its write side, when it lets the relay settle:
-/// less than any timeout of the relay's.
-const SETTLE: Duration = Duration::from_millis(1);
-
-/// The most bytes of the relay's answer read.
-const MAX_ANSWER: usize = 1 << 20;
 
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a runtime")
-    })
+    RUNTIME.get_or_init(paused_runtime)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -73,35 +54,7 @@ async fn connection(preface: bool, settle: bool, input: &[u8]) {
         let _ = stopped.await;
     }));
 
-    let (mut reader, mut writer) = tokio::io::split(client);
-    let write = async {
-        if preface {
-            writer.write_all(PREFACE).await?;
-        }
-        writer.write_all(input).await?;
-        if settle {
-            // With the clock paused, this passes once every task waits.
-            tokio::time::sleep(SETTLE).await;
-        }
-        writer.shutdown().await
-    };
-    let read = async {
-        let mut answer = Vec::new();
-        let mut buf = [0; 16 << 10];
-        while answer.len() < MAX_ANSWER {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-        answer
-    };
-    // The relay may stop reading before the input ends: reading on regardless keeps it going.
-    let _ = tokio::time::timeout(STEP, async {
-        let (_, _) = tokio::join!(write, read);
-    })
-    .await;
-    drop((reader, writer));
+    let _ = tokio::time::timeout(STEP, play_client(client, preface, settle, input)).await;
 
     let _ = stop.send(());
     match tokio::time::timeout(STEP, serving).await {

@@ -16,26 +16,13 @@
 #![no_main]
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use sesame_fuzz::{STEP, paused_runtime, play_client};
 use sesame_relay::fuzzing::{DOMAIN, HttpFront, rewrite_request_headers, rewrite_response_headers};
 use sesame_tunnel::RemoteName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-
-/// The first bytes of an HTTP/2 connection with prior knowledge.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The longest a run may take.
-const STEP: Duration = Duration::from_millis(200);
-
-/// How long the client waits before it shuts its write side, when it lets the relay settle.
-const SETTLE: Duration = Duration::from_millis(1);
-
-/// The most bytes of the relay's answer read.
-const MAX_ANSWER: usize = 1 << 20;
 
 struct Fixture {
     runtime: Runtime,
@@ -45,11 +32,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| Fixture {
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a runtime"),
+        runtime: paused_runtime(),
         front: HttpFront::default(),
     })
 }
@@ -70,34 +53,10 @@ fuzz_target!(|data: &[u8]| {
 
 async fn connection(front: &HttpFront, preface: bool, settle: bool, input: &[u8]) {
     let (client, server) = tokio::io::duplex(64 << 10);
-    let (mut reader, mut writer) = tokio::io::split(client);
-    let write = async {
-        if preface {
-            writer.write_all(PREFACE).await?;
-        }
-        writer.write_all(input).await?;
-        if settle {
-            // With the clock paused, this passes once every task waits.
-            tokio::time::sleep(SETTLE).await;
-        }
-        writer.shutdown().await
-    };
-    let read = async {
-        let mut answer = Vec::new();
-        let mut buf = [0; 16 << 10];
-        while answer.len() < MAX_ANSWER {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
     let serve = front.serve_connection(server);
     // The connection is served here rather than spawned: when the time is up, it goes.
     let _ = tokio::time::timeout(STEP, async {
-        tokio::join!(serve, async {
-            let (_, _) = tokio::join!(write, read);
-        })
+        tokio::join!(serve, play_client(client, preface, settle, input))
     })
     .await;
 }

@@ -18,13 +18,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 fn data_dir() -> &'static (tempfile::TempDir, PathBuf) {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temporary directory");
+        let dir = sesame_fuzz::scratch_dir();
         let path = dir.path().to_owned();
         (dir, path)
     })
@@ -32,13 +26,7 @@ fn data_dir() -> &'static (tempfile::TempDir, PathBuf) {
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a runtime")
-    })
+    RUNTIME.get_or_init(sesame_fuzz::paused_runtime)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -60,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(value) = MetadataValue::try_from(format!("Bearer {line}")) {
                     metadata.insert("authorization", value);
                     if let Ok(caller) = store.authenticate(&metadata) {
-                        assert!(caller.token().is_some(), "a caller of the store has a token");
+                        assert!(
+                            caller.token().is_some(),
+                            "a caller of the store has a token"
+                        );
                     }
                 }
                 let _ = store.get(line);
@@ -69,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
                 let mut metadata = MetadataMap::new();
                 let value = MetadataValue::try_from(format!("Bearer {admin}")).unwrap();
                 metadata.insert("authorization", value);
-                assert!(store.authenticate(&metadata).is_ok(), "a new admin token works");
+                assert!(
+                    store.authenticate(&metadata).is_ok(),
+                    "a new admin token works"
+                );
             }
         }
     });
