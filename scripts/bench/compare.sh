@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Measures Sesame side by side with its peers, all on loopback, in one run: direct loopback (the
-# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame three ways: through
-# `connect --listen` in plaintext and over TLS, and through a public TCP port of the relay. Each path forwards to the same
-# iperf3 server and the same echo server.
+# limit), `ssh -R`, rathole (tcp and noise transports), bore, and Sesame four ways: through
+# `connect --listen` and through a public TCP port of the relay, each in plaintext and over TLS.
+# Each path forwards to the same iperf3 server and the same echo server.
 #
 #   scripts/bench/compare.sh [SECONDS]     how long each iperf3 run and connection run lasts (5)
 #
@@ -24,7 +24,9 @@ source scripts/lib.sh
 source scripts/bench/common.sh
 
 seconds=${1:-5}
-paths=(direct sesame sesame-tls sesame-tcp bore rathole-tcp rathole-noise ssh)
+# SESAME_BENCH_PATHS="direct sesame-tcp rathole-tcp" measures only those (for a quick look while
+# profiling); the published tables take every path.
+read -ra paths <<< "${SESAME_BENCH_PATHS:-direct sesame sesame-tls sesame-tcp sesame-tcp-tls bore rathole-tcp rathole-noise ssh}"
 bore_control_port=7835 # fixed in bore 0.6: it has no flag for it
 
 made_run_sshd=
@@ -76,18 +78,21 @@ start_sesame() {
 }
 
 # A relay with a range of public TCP ports, and an agent publishing both targets on two of them:
-# the clients connect to the relay itself, with no `connect --listen` in between.
+# the clients connect to the relay itself, with no `connect --listen` in between. The agent's
+# connection to the relay is plaintext for PATH sesame-tcp, over TLS for sesame-tcp-tls: the
+# shape of `ssh -R` and rathole noise, encrypted between the tunnel's two ends only.
 start_sesame_tcp() {
-  local relay_pid service
-  start_relay sesame-tcp-relay --insecure-plaintext --tcp-ports "$(free_port_range 4)" --public-host 127.0.0.1
+  local path=$1 relay_pid service plaintext=()
+  [ "$path" = sesame-tcp-tls ] || plaintext=(--insecure-plaintext)
+  start_relay "$path-relay" "${plaintext[@]}" --tcp-ports "$(free_port_range 4)" --public-host 127.0.0.1
   relay_pid=$pid
-  spawn sesame-tcp-agent "$sesame" "${relay_flags[@]}" expose "${target[iperf3]}" "${target[echo]}" --name bench \
+  spawn "$path-agent" "$sesame" "${relay_flags[@]}" expose "${target[iperf3]}" "${target[echo]}" --name bench \
     --tcp="${target[iperf3]}" --tcp="${target[echo]}"
   for service in iperf3 echo; do
-    entry[sesame-tcp/$service]=$(published_tcp_port sesame-tcp-agent "${target[$service]}" "$pid")
+    entry[$path/$service]=$(published_tcp_port "$path-agent" "${target[$service]}" "$pid")
   done
-  wait_echo "${entry[sesame-tcp/echo]}"
-  procs[sesame-tcp]="relay=$relay_pid agent=$pid"
+  wait_echo "${entry[$path/echo]}"
+  procs[$path]="relay=$relay_pid agent=$pid"
 }
 
 # A server and a `bore local` per target, each asking for a free port on the server.
@@ -170,7 +175,7 @@ EOF
 start_path() {
   case $1 in
     rathole-*) start_rathole "${1#rathole-}" ;;
-    sesame-tcp) start_sesame_tcp ;;
+    sesame-tcp*) start_sesame_tcp "$1" ;;
     sesame-tls) start_sesame sesame-tls ;;
     *) "start_$1" ;;
   esac

@@ -20,6 +20,7 @@ NAMES = {
     "sesame": "sesame (connect --listen, plaintext)",
     "sesame-tls": "sesame (connect --listen, TLS)",
     "sesame-tcp": "sesame (public TCP port)",
+    "sesame-tcp-tls": "sesame (public TCP port, TLS)",
     "bore": "bore",
     "rathole-tcp": "rathole, tcp",
     "rathole-noise": "rathole, noise",
@@ -106,10 +107,22 @@ def targets(figures, ours):
         verdict = "n/a" if None in (ours, theirs) else "met" if met(ours, theirs) else "not met"
         lines.append(f"- {goal} ({cell(ours, fmt)}{between}{cell(theirs, fmt)}): {verdict}")
 
-    for direction in ("up", "down"):
-        metric = f"gbps-1-{direction}"
-        check(f"1 stream {direction}, Gbit/s, at least the best of bore and rathole", sesame.get(metric),
-              best(metric, ("bore", "rathole-tcp", "rathole-noise")), lambda a, b: a >= b, "{:.2f}")
+    if ours.endswith("-tls"):
+        for streams in (1, 8):
+            for direction in ("up", "down"):
+                metric = f"gbps-{streams}-{direction}"
+                mine = sesame.get(metric)
+                check(f"{streams} stream(s) {direction}, Gbit/s, at least `ssh -R`'s", mine,
+                      figures["ssh"].get(metric), lambda a, b: a >= b, "{:.2f}")
+                check(f"{streams} stream(s) {direction}, Gbit/s, at least 1.3x rathole noise's", mine,
+                      figures["rathole-noise"].get(metric), lambda a, b: a >= 1.3 * b, "{:.2f}")
+    else:
+        for streams in (1, 8):
+            for direction in ("up", "down"):
+                metric = f"gbps-{streams}-{direction}"
+                check(f"{streams} stream(s) {direction}, Gbit/s, at least the best of bore and rathole",
+                      sesame.get(metric), best(metric, ("bore", "rathole-tcp", "rathole-noise")),
+                      lambda a, b: a >= b, "{:.2f}")
     check("RTT p50, µs, at most rathole tcp's", sesame.get("rtt-p50"), figures["rathole-tcp"].get("rtt-p50"),
           lambda a, b: a <= b, "{:,.0f}")
     check("RTT p99, µs, at most 1.2x rathole tcp's", sesame.get("rtt-p99"),
