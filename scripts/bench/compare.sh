@@ -274,6 +274,7 @@ main() {
     start_path "$path"
   done
   labels | xargs python3 scripts/bench/procstat.py rss | record_procs rss-idle
+  labels | xargs python3 scripts/bench/procstat.py anon | record_procs anon-idle
   echo "measuring bulk throughput, $((4 * ${#paths[@]})) runs of $seconds s" >&2
   bulk
   echo "measuring round trips" >&2

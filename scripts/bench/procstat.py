@@ -4,6 +4,9 @@
 Processes are given as LABEL=PID; every output line is "LABEL VALUE".
 
   procstat.py rss LABEL=PID...                 resident memory now, in KiB (VmRSS)
+  procstat.py anon LABEL=PID...                the part of it that is the process's own, in KiB
+                                               (RssAnon: without the pages of its executable
+                                               and libraries, which are shared and clean)
   procstat.py cpu LABEL=PID...                 CPU seconds used so far (utime + stime)
   procstat.py peak SECONDS LABEL=PID...        samples VmRSS every 100 ms until SIGTERM (or
                                                SECONDS at most), then prints the largest, in KiB
@@ -21,12 +24,12 @@ import time
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise ValueError(f"no VmRSS for process {pid}")
+    raise ValueError(f"no {field} for process {pid}")
 
 
 def cpu_seconds(pid):
@@ -82,6 +85,9 @@ def main():
     if command == "rss":
         for label, pid in processes:
             print(label, rss_kib(pid))
+    elif command == "anon":
+        for label, pid in processes:
+            print(label, rss_kib(pid, "RssAnon"))
     elif command == "cpu":
         for label, pid in processes:
             print(label, f"{cpu_seconds(pid):.2f}")

@@ -5,7 +5,7 @@
 
 RESULTS holds lines "PATH METRIC VALUE"; PATHs give the rows' order. Metrics: gbps-STREAMS-DIR
 (STREAMS 1 or 8, DIR up or down), bytes (summed), rtt-p50, rtt-p99, conns, ttfb-p50,
-cpu-before and cpu-after (summed over the path's processes), rss-idle/ROLE and rss-peak/ROLE
+cpu-before and cpu-after (summed over the path's processes), rss-idle/ROLE, anon-idle/ROLE and rss-peak/ROLE
 in KiB; and for PATH "machine", machine-cpu-WHEN, our-cpu-WHEN and time-WHEN (WHEN start or
 end: see procstat.py account). A measurement that failed has no line and shows as n/a.
 """
@@ -79,8 +79,11 @@ def memory_table(figures, paths):
             if metric.startswith("rss-idle/"):
                 role = metric.split("/", 1)[1]
                 peak = figures[path].get("rss-peak/" + role)
-                rows.append([NAMES[path], role, f"{idle / MIB:.1f}", cell(peak and peak / MIB, "{:.1f}")])
-    return table(["path", "process", "idle RSS MiB", "peak RSS MiB (iperf3 runs)"], rows)
+                anon = figures[path].get("anon-idle/" + role)
+                rows.append([NAMES[path], role, f"{idle / MIB:.1f}", cell(anon and anon / MIB, "{:.1f}"),
+                             cell(peak and peak / MIB, "{:.1f}")])
+    return table(["path", "process", "idle RSS MiB", "of which its own (RssAnon) MiB", "peak RSS MiB (iperf3 runs)"],
+                 rows)
 
 
 def ratio(figures, ours, peer, metric):

@@ -185,6 +185,73 @@ pub(crate) fn inbound_from_call<M: ServerMessage>(
     )
 }
 
+impl Connection {
+    /// Reads the next chunk the other side sent, whole, without copying it: `None` once the
+    /// other side has shut down its write side. Errors as [`AsyncRead`] reports them.
+    pub(crate) fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if !ready!(self.poll_unread(cx))? {
+            return Poll::Ready(Ok(None));
+        }
+        let chunk = std::mem::take(&mut self.unread);
+        if let Some(meter) = &mut self.meter {
+            meter.add_in(chunk.len());
+        }
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    /// Waits until `unread` holds data (true) or the other side's direction has ended
+    /// (false).
+    fn poll_unread(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            if !self.unread.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            match &self.read_state {
+                ReadState::Open => {}
+                ReadState::Eof => return Poll::Ready(Ok(false)),
+                ReadState::Failed(kind, message) => {
+                    return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
+                }
+            }
+            match ready!(self.inbound.as_mut().poll_next(cx)) {
+                Some(Ok(Inbound::Data(chunk))) => self.unread = chunk,
+                // Trailers without `close_write` end the direction just the same.
+                Some(Ok(Inbound::CloseWrite)) | None => self.read_state = ReadState::Eof,
+                Some(Err(status)) => {
+                    let error = broken(status);
+                    if let Some(meter) = &mut self.meter {
+                        meter.failed(&error);
+                    }
+                    self.read_state = ReadState::Failed(error.kind(), error.to_string());
+                }
+            }
+        }
+    }
+
+    /// Writes `chunk` whole, without copying it, and leaves it empty; waits while the write
+    /// buffer is full. Errors as [`AsyncWrite`] reports them.
+    pub(crate) fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let n = chunk.len();
+        ready!(self.writer.poll_write_chunk(cx, chunk))?;
+        if let Some(meter) = &mut self.meter {
+            meter.add_out(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts down this side's write direction, as [`AsyncWrite::poll_shutdown`] does.
+    pub(crate) fn shutdown_write(&mut self) {
+        self.writer.close();
+    }
+}
+
 impl AsyncRead for Connection {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -192,36 +259,16 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            if !this.unread.is_empty() {
-                let n = this.unread.len().min(buf.remaining());
-                buf.put_slice(&this.unread[..n]);
-                this.unread.advance(n);
-                if let Some(meter) = &mut this.meter {
-                    meter.add_in(n);
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match &this.read_state {
-                ReadState::Open => {}
-                ReadState::Eof => return Poll::Ready(Ok(())),
-                ReadState::Failed(kind, message) => {
-                    return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
-                }
-            }
-            match ready!(this.inbound.as_mut().poll_next(cx)) {
-                Some(Ok(Inbound::Data(chunk))) => this.unread = chunk,
-                // Trailers without `close_write` end the direction just the same.
-                Some(Ok(Inbound::CloseWrite)) | None => this.read_state = ReadState::Eof,
-                Some(Err(status)) => {
-                    let error = broken(status);
-                    if let Some(meter) = &mut this.meter {
-                        meter.failed(&error);
-                    }
-                    this.read_state = ReadState::Failed(error.kind(), error.to_string());
-                }
-            }
+        if !ready!(this.poll_unread(cx))? {
+            return Poll::Ready(Ok(()));
         }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        if let Some(meter) = &mut this.meter {
+            meter.add_in(n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -246,7 +293,7 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.writer.close();
+        self.shutdown_write();
         Poll::Ready(Ok(()))
     }
 }

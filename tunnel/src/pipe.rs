@@ -1,19 +1,21 @@
 //! The write side of a connection: a bounded byte pipe whose reader takes whole chunks.
 //!
-//! Writers copy into one buffer; the transport takes everything written since it last looked,
-//! up to a chunk, without copying again. So small writes coalesce into large messages while
-//! the transport is busy, and a lone small write still goes out at once: no delay, no
-//! byte-by-byte messages. The buffer's limit is the backpressure: a full pipe makes
-//! `poll_write` wait until the transport takes data, which it does only when HTTP/2 flow
-//! control lets it send. Aborting the pipe discards what is buffered and ends the stream
-//! with a reset instead.
+//! Two ways in. Slices written with `poll_write` are copied into one buffer, and the transport
+//! takes everything written since it last looked, up to a chunk, without copying again: small
+//! writes coalesce into large messages while the transport is busy, and a lone small write
+//! still goes out at once (no delay, no byte-by-byte messages). Chunks handed over whole with
+//! `poll_write_chunk` (a socket read straight into a `Bytes`) are queued as they are and go
+//! out without any copy. The pipe's limit is the backpressure: a full pipe makes writers wait
+//! until the transport takes data, which it does only when HTTP/2 flow control lets it send.
+//! Aborting the pipe discards what is buffered and ends the stream with a reset instead.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
 use crate::frame::Outbound;
@@ -24,7 +26,9 @@ pub(crate) fn pipe(limit: usize, chunk: usize) -> (PipeWriter, PipeReader) {
     assert!(limit > 0 && chunk > 0, "pipe limits must be positive");
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            buf: BytesMut::new(),
+            queue: VecDeque::new(),
+            tail: BytesMut::new(),
+            len: 0,
             writer_closed: false,
             reset: None,
             reader_closed: false,
@@ -49,13 +53,41 @@ struct Shared {
 }
 
 struct State {
-    buf: BytesMut,
+    /// Whole chunks, oldest first, all written before `tail`.
+    queue: VecDeque<Bytes>,
+    /// Slices written since the last whole chunk, coalesced.
+    tail: BytesMut,
+    /// The bytes held in `queue` and `tail`.
+    len: usize,
     writer_closed: bool,
     /// An abort's reason, until the reader has taken it.
     reset: Option<String>,
     reader_closed: bool,
     reader_waker: Option<Waker>,
     writer_waker: Option<Waker>,
+}
+
+impl State {
+    fn clear(&mut self) {
+        self.queue = VecDeque::new();
+        self.tail = BytesMut::new();
+        self.len = 0;
+    }
+
+    /// The next chunk of at most `max` bytes, in the order written.
+    fn take(&mut self, max: usize) -> Option<Bytes> {
+        let chunk = match self.queue.front_mut() {
+            Some(front) if front.len() > max => front.split_to(max),
+            Some(_) => self.queue.pop_front()?,
+            None if self.tail.is_empty() => return None,
+            None => {
+                let n = self.tail.len().min(max);
+                self.tail.split_to(n).freeze()
+            }
+        };
+        self.len -= chunk.len();
+        Some(chunk)
+    }
 }
 
 impl Shared {
@@ -80,6 +112,42 @@ impl PipeWriter {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut state = self.shared.lock();
+        let room = ready!(self.poll_room(&mut state, cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = room.min(data.len());
+        state.tail.extend_from_slice(&data[..n]);
+        state.len += n;
+        wake(&mut state.reader_waker);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Queues `chunk` whole, without copying it, and leaves `chunk` empty; waits while the
+    /// pipe is full. A chunk may take the pipe past its limit by less than its own length.
+    pub(crate) fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.shared.lock();
+        ready!(self.poll_room(&mut state, cx))?;
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if !state.tail.is_empty() {
+            let earlier = state.tail.split().freeze();
+            state.queue.push_back(earlier);
+        }
+        state.len += chunk.len();
+        state.queue.push_back(std::mem::take(chunk));
+        wake(&mut state.reader_waker);
+        Poll::Ready(Ok(()))
+    }
+
+    /// How many bytes the pipe takes now: ready with a positive number, or an error once
+    /// either end has closed; pending while it is full.
+    fn poll_room(&self, state: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if state.reader_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -92,43 +160,32 @@ impl PipeWriter {
                 "write after shutdown",
             )));
         }
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
+        match self.shared.limit.saturating_sub(state.len) {
+            0 => {
+                state.writer_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            room => Poll::Ready(Ok(room)),
         }
-        let room = self.shared.limit.saturating_sub(state.buf.len());
-        if room == 0 {
-            state.writer_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(data.len());
-        state.buf.extend_from_slice(&data[..n]);
-        if let Some(waker) = state.reader_waker.take() {
-            waker.wake();
-        }
-        Poll::Ready(Ok(n))
     }
 
     /// Ends the stream once the reader has taken what is buffered. Idempotent.
     pub(crate) fn close(&mut self) {
         let mut state = self.shared.lock();
         state.writer_closed = true;
-        if let Some(waker) = state.reader_waker.take() {
-            waker.wake();
-        }
+        wake(&mut state.reader_waker);
     }
 
     /// Discards what is buffered and ends the stream with a reset, unless it already ended.
     pub(crate) fn abort(&mut self, reason: String) {
         let mut state = self.shared.lock();
-        if state.writer_closed && state.buf.is_empty() {
+        if state.writer_closed && state.len == 0 {
             return;
         }
-        state.buf.clear();
+        state.clear();
         state.reset = Some(reason);
         state.writer_closed = true;
-        if let Some(waker) = state.reader_waker.take() {
-            waker.wake();
-        }
+        wake(&mut state.reader_waker);
     }
 }
 
@@ -152,12 +209,8 @@ impl Stream for PipeReader {
         if let Some(reason) = state.reset.take() {
             return Poll::Ready(Some(Outbound::Reset(reason)));
         }
-        if !state.buf.is_empty() {
-            let n = state.buf.len().min(self.shared.chunk);
-            let chunk = state.buf.split_to(n).freeze();
-            if let Some(waker) = state.writer_waker.take() {
-                waker.wake();
-            }
+        if let Some(chunk) = state.take(self.shared.chunk) {
+            wake(&mut state.writer_waker);
             return Poll::Ready(Some(Outbound::Data(chunk)));
         }
         if state.writer_closed {
@@ -172,10 +225,14 @@ impl Drop for PipeReader {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.reader_closed = true;
-        state.buf = BytesMut::new();
-        if let Some(waker) = state.writer_waker.take() {
-            waker.wake();
-        }
+        state.clear();
+        wake(&mut state.writer_waker);
+    }
+}
+
+fn wake(waker: &mut Option<Waker>) {
+    if let Some(waker) = waker.take() {
+        waker.wake();
     }
 }
 
@@ -228,6 +285,63 @@ mod tests {
             w.poll_write(&mut cx(), &[7; 1]),
             Poll::Ready(Ok(1))
         ));
+    }
+
+    fn next_data(r: &mut PipeReader) -> Bytes {
+        match Pin::new(r).poll_next(&mut cx()) {
+            Poll::Ready(Some(Outbound::Data(chunk))) => chunk,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn whole_chunks_go_out_uncopied_and_in_order_with_slices() {
+        let (mut w, mut r) = pipe(1024, 512);
+        let mut whole = Bytes::from(vec![9; 100]);
+        let address = whole.as_ptr();
+        assert!(matches!(
+            w.poll_write(&mut cx(), b"before"),
+            Poll::Ready(Ok(6))
+        ));
+        assert!(matches!(
+            w.poll_write_chunk(&mut cx(), &mut whole),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(whole.is_empty(), "the pipe took the chunk");
+        assert!(matches!(
+            w.poll_write(&mut cx(), b"after"),
+            Poll::Ready(Ok(5))
+        ));
+        assert_eq!(next_data(&mut r), "before");
+        let chunk = next_data(&mut r);
+        assert_eq!((chunk.as_ptr(), chunk.len()), (address, 100), "not copied");
+        assert_eq!(next_data(&mut r), "after");
+        assert!(Pin::new(&mut r).poll_next(&mut cx()).is_pending());
+    }
+
+    #[test]
+    fn a_large_chunk_is_split_to_the_chunk_size_and_a_full_pipe_waits() {
+        let (mut w, mut r) = pipe(100, 40);
+        let mut big = Bytes::from(vec![1; 90]);
+        assert!(matches!(
+            w.poll_write_chunk(&mut cx(), &mut big),
+            Poll::Ready(Ok(()))
+        ));
+        let mut more = Bytes::from(vec![2; 30]);
+        assert!(matches!(
+            w.poll_write_chunk(&mut cx(), &mut more),
+            Poll::Ready(Ok(()))
+        ));
+        let mut full = Bytes::from_static(b"waits");
+        assert!(w.poll_write_chunk(&mut cx(), &mut full).is_pending());
+        assert_eq!(full, "waits", "a waiting chunk stays with its writer");
+        let sizes: Vec<usize> = (0..4).map(|_| next_data(&mut r).len()).collect();
+        assert_eq!(sizes, [40, 40, 10, 30]);
+        assert!(matches!(
+            w.poll_write_chunk(&mut cx(), &mut full),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(next_data(&mut r), "waits");
     }
 
     #[tokio::test]

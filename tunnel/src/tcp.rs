@@ -1,16 +1,29 @@
 //! Joining a TCP stream to a tunneled connection.
+//!
+//! Bytes cross without an intermediate buffer: each socket read lands in a `Bytes` that
+//! becomes a data message as it is, and each chunk that arrives through the tunnel is written
+//! to the socket from where the transport decoded it. A general-purpose copy loop would read
+//! into a zeroed buffer and copy out of it once more in each direction.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::copy_bidirectional_with_sizes;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::{Connection, io_reason};
 
-/// The size of each direction's copy buffer: large reads mean few system calls and full
-/// chunks on the wire.
-const COPY_BUFFER: usize = 64 << 10;
+/// The most one socket read takes: large reads mean few system calls and full chunks on the
+/// wire.
+const READ_BYTES: usize = 64 << 10;
+
+/// Below this much room left in the read buffer, the next read gets a fresh one, so that a
+/// trickle of small reads does not turn into a trickle of tiny allocations.
+const MIN_READ_BYTES: usize = 4 << 10;
 
 /// Carries bytes both ways between `tcp` and `conn` until both directions have ended, each
 /// end's shutdown passed on to the other, and returns the byte counts (TCP to tunnel, tunnel
@@ -26,8 +39,20 @@ pub async fn join_tcp(
 ) -> io::Result<(u64, u64)> {
     // Latency matters more than packet count: small writes (a prompt, a keystroke) go at once.
     let _ = tcp.set_nodelay(true);
-    match copy_bidirectional_with_sizes(&mut tcp, &mut conn, COPY_BUFFER, COPY_BUFFER).await {
-        Ok(counts) => Ok(counts),
+    let mut to_tunnel = ToTunnel::default();
+    let mut to_tcp = ToTcp::default();
+    let joined = poll_fn(|cx| {
+        // Both directions are polled every time, so that each registers its wake-up.
+        let up = to_tunnel.poll(cx, &tcp, &mut conn)?;
+        let down = to_tcp.poll(cx, &mut tcp, &mut conn)?;
+        match (up, down) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    match joined {
+        Ok(()) => Ok((to_tunnel.count, to_tcp.count)),
         Err(error) => {
             // A zero linger never blocks on close (the reason `set_linger` is deprecated):
             // the kernel discards unsent data and sends RST at once.
@@ -35,6 +60,91 @@ pub async fn join_tcp(
             let _ = tcp.set_linger(Some(Duration::ZERO));
             conn.reset(format!("{tcp_name}: {}", io_reason(&error)));
             Err(error)
+        }
+    }
+}
+
+/// From the TCP stream into the tunnel.
+#[derive(Default)]
+struct ToTunnel {
+    /// Where socket reads land; each read is split off as a chunk of its own.
+    buf: BytesMut,
+    /// A chunk read and not yet taken by the connection.
+    pending: Bytes,
+    done: bool,
+    count: u64,
+}
+
+impl ToTunnel {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &TcpStream,
+        conn: &mut Connection,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len() as u64;
+                ready!(conn.poll_write_chunk(cx, &mut self.pending))?;
+                self.count += n;
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(tcp.poll_read_ready(cx))?;
+            // The buffer is taken only once there is something to read, so an idle
+            // connection holds none.
+            if self.buf.capacity() - self.buf.len() < MIN_READ_BYTES {
+                self.buf = BytesMut::with_capacity(READ_BYTES);
+            }
+            match tcp.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    conn.shutdown_write();
+                    self.done = true;
+                }
+                Ok(_) => self.pending = self.buf.split().freeze(),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+/// From the tunnel into the TCP stream.
+#[derive(Default)]
+struct ToTcp {
+    /// What is left to write of the last chunk received.
+    pending: Bytes,
+    done: bool,
+    count: u64,
+}
+
+impl ToTcp {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &mut TcpStream,
+        conn: &mut Connection,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while !self.pending.is_empty() {
+                let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending.advance(n);
+                self.count += n as u64;
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(conn.poll_read_chunk(cx))? {
+                Some(chunk) => self.pending = chunk,
+                None => {
+                    ready!(Pin::new(&mut *tcp).poll_shutdown(cx))?;
+                    self.done = true;
+                }
+            }
         }
     }
 }

@@ -151,6 +151,10 @@ fn invalid_ports_names_and_addresses_are_usage_errors() {
             "invalid socket address",
         ),
         (
+            vec!["relay", "serve", "--threads", "0"],
+            "0 is not in 1..=1024",
+        ),
+        (
             vec!["--relay", "ftp://relay", "ls"],
             "the scheme must be https://",
         ),

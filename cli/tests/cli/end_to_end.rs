@@ -75,6 +75,30 @@ fn stdio_carries_one_connection_byte_exact() {
 }
 
 #[test]
+fn a_relay_on_one_thread_carries_connections_byte_exact() {
+    let mut relay = Relay::start_with("127.0.0.1:0", &["--threads", "1"]);
+    relay.proc.signal("USR1");
+    let stats = relay
+        .proc
+        .wait_for_on(Stream::Stderr, |line| line.starts_with("sesame stats: "));
+    assert!(stats.ends_with(" workers=1"), "{stats}");
+    let http = HttpServer::start(3 << 20);
+    let port = http.port.to_string();
+    let _agent = relay.expose("web", &[&port]);
+    for _ in 0..2 {
+        let request = format!("GET /{} HTTP/1.0\r\nHost: web\r\n\r\n", http.file.0);
+        let result = relay.run(
+            &["connect", "web", "--port", &port, "--stdio"],
+            request.as_bytes(),
+        );
+        assert!(result.status.success(), "{}", text(&result.stderr));
+        let (status, body) = http_body(&result.stdout);
+        assert!(status.contains("200"), "{status}");
+        assert_eq!(sha256(body), sha256(&http.file.1));
+    }
+}
+
+#[test]
 fn ls_lists_remotes_with_their_ports_as_json_and_as_a_table() {
     let relay = Relay::start();
     let http = HttpServer::start(16);

@@ -177,13 +177,18 @@ impl Proc {
 
     /// Waits for a stdout line that `matches` accepts, and returns it.
     pub fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        self.wait_for_on(Stream::Stdout, matches)
+    }
+
+    /// Waits for a line on `wanted` that `matches` accepts, and returns it.
+    pub fn wait_for_on(&mut self, wanted: Stream, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((stream, line)) => {
                     self.seen.push((stream, line.clone()));
-                    if stream == Stream::Stdout && matches(&line) {
+                    if stream == wanted && matches(&line) {
                         return line;
                     }
                 }
