@@ -9,6 +9,7 @@
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
 //! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
 
+mod allocator;
 mod args;
 mod commands;
 mod credentials;
@@ -26,6 +27,7 @@ use clap::Parser;
 use crate::args::{Cli, Command, RelayCommand};
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let runtime = match runtime_for(&cli.command) {
