@@ -10,7 +10,7 @@
 
 /// How much freed memory may sit at the top of a heap before it goes back to the system.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const KEEP_FREE: libc::c_int = 4 << 20;
+const KEEP_FREE: libc::c_int = 2 << 20;
 
 /// Allocations at least this large get pages of their own from the system. It is fixed
 /// above the largest message, so that buffers for messages always come from the heap.
