@@ -55,8 +55,7 @@ fn main() -> ExitCode {
 /// The relay serves many agents and dialers at once, on every core unless `--threads` says
 /// otherwise. A client (an agent, a dialer, a one-shot command) runs on one thread: its tasks
 /// hand each chunk to one another (socket, pipe, HTTP/2 stream, connection), and on one
-/// thread each hand-over is a plain call instead of a wake-up of another thread, which
-/// shortens every round trip.
+/// thread each hand-over is a plain call instead of a wake-up of another thread.
 fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match command {
         Command::Relay(RelayCommand::Serve(args)) => args.threads,
