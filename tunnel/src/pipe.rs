@@ -112,10 +112,11 @@ impl PipeWriter {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut state = self.shared.lock();
-        let room = ready!(self.poll_room(&mut state, cx))?;
+        writable(&state)?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let room = ready!(self.poll_room(&mut state, cx));
         let n = room.min(data.len());
         state.tail.extend_from_slice(&data[..n]);
         state.len += n;
@@ -131,10 +132,11 @@ impl PipeWriter {
         chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
         let mut state = self.shared.lock();
-        ready!(self.poll_room(&mut state, cx))?;
+        writable(&state)?;
         if chunk.is_empty() {
             return Poll::Ready(Ok(()));
         }
+        ready!(self.poll_room(&mut state, cx));
         if !state.tail.is_empty() {
             let earlier = state.tail.split().freeze();
             state.queue.push_back(earlier);
@@ -145,27 +147,14 @@ impl PipeWriter {
         Poll::Ready(Ok(()))
     }
 
-    /// How many bytes the pipe takes now: ready with a positive number, or an error once
-    /// either end has closed; pending while it is full.
-    fn poll_room(&self, state: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if state.reader_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection is closed",
-            )));
-        }
-        if state.writer_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after shutdown",
-            )));
-        }
+    /// How many bytes the pipe takes now, a positive number; pending while it is full.
+    fn poll_room(&self, state: &mut State, cx: &mut Context<'_>) -> Poll<usize> {
         match self.shared.limit.saturating_sub(state.len) {
             0 => {
                 state.writer_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            room => Poll::Ready(Ok(room)),
+            room => Poll::Ready(room),
         }
     }
 
@@ -228,6 +217,23 @@ impl Drop for PipeReader {
         state.clear();
         wake(&mut state.writer_waker);
     }
+}
+
+/// Whether the writer may still write: not once either end has closed.
+fn writable(state: &State) -> io::Result<()> {
+    if state.reader_closed {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the connection is closed",
+        ));
+    }
+    if state.writer_closed {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "write after shutdown",
+        ));
+    }
+    Ok(())
 }
 
 fn wake(waker: &mut Option<Waker>) {
