@@ -174,7 +174,7 @@ pub struct ServeArgs {
     pub grace: Duration,
 
     /// How many threads serve connections: one per core by default. With 1, everything runs
-    /// on one thread, which costs the least CPU and latency per connection on a small machine.
+    /// on one thread, which costs the least CPU per connection on a small machine.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 

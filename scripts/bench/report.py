@@ -110,22 +110,17 @@ def targets(figures, ours):
         verdict = "n/a" if None in (ours, theirs) else "met" if met(ours, theirs) else "not met"
         lines.append(f"- {goal} ({cell(ours, fmt)}{between}{cell(theirs, fmt)}): {verdict}")
 
-    if ours.endswith("-tls"):
-        for streams in (1, 8):
-            for direction in ("up", "down"):
-                metric = f"gbps-{streams}-{direction}"
-                mine = sesame.get(metric)
-                check(f"{streams} stream(s) {direction}, Gbit/s, at least `ssh -R`'s", mine,
-                      figures["ssh"].get(metric), lambda a, b: a >= b, "{:.2f}")
-                check(f"{streams} stream(s) {direction}, Gbit/s, at least 1.3x rathole noise's", mine,
-                      figures["rathole-noise"].get(metric), lambda a, b: a >= 1.3 * b, "{:.2f}")
-    else:
-        for streams in (1, 8):
-            for direction in ("up", "down"):
-                metric = f"gbps-{streams}-{direction}"
-                check(f"{streams} stream(s) {direction}, Gbit/s, at least the best of bore and rathole",
-                      sesame.get(metric), best(metric, ("bore", "rathole-tcp", "rathole-noise")),
-                      lambda a, b: a >= b, "{:.2f}")
+    for streams in (1, 8):
+        for direction in ("up", "down"):
+            metric = f"gbps-{streams}-{direction}"
+            mine, goal = sesame.get(metric), f"{streams} stream(s) {direction}, Gbit/s, at least"
+            if ours.endswith("-tls"):
+                check(f"{goal} `ssh -R`'s", mine, figures["ssh"].get(metric), lambda a, b: a >= b, "{:.2f}")
+                check(f"{goal} 1.3x rathole noise's", mine, figures["rathole-noise"].get(metric),
+                      lambda a, b: a >= 1.3 * b, "{:.2f}")
+            else:
+                check(f"{goal} the best of bore and rathole", mine,
+                      best(metric, ("bore", "rathole-tcp", "rathole-noise")), lambda a, b: a >= b, "{:.2f}")
     check("RTT p50, µs, at most rathole tcp's", sesame.get("rtt-p50"), figures["rathole-tcp"].get("rtt-p50"),
           lambda a, b: a <= b, "{:,.0f}")
     check("RTT p99, µs, at most 1.2x rathole tcp's", sesame.get("rtt-p99"),
