@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures_util::Stream;
+
 use sesame_proto::v1::dialer_service_server::DialerService;
 use sesame_proto::v1::{DialRequest, dial_request};
 use sesame_tunnel::splice::ToDialer;
@@ -26,6 +28,19 @@ impl DialerService for Dialer {
         &self,
         request: Request<Streaming<DialRequest>>,
     ) -> Result<Response<ToDialer>, Status> {
+        self.answer_dial(request).await
+    }
+}
+
+impl Dialer {
+    /// Answers a Dial call, whichever framing brought its messages.
+    pub(crate) async fn answer_dial<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<Response<ToDialer>, Status>
+    where
+        S: Stream<Item = Result<DialRequest, Status>> + Send + Unpin + 'static,
+    {
         let state = &self.state;
         let peer = peer_of(&request);
         let caller = state.authenticate(&request)?;

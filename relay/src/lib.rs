@@ -22,6 +22,8 @@
 //! - [`server`](Relay): the services on one listener, and graceful shutdown;
 //! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
 //! - `dialer`: dials, parked under a ticket until the agent answers;
+//! - `data_calls`: the two calls that carry connections, served with
+//!   [`sesame_tunnel::wire`]'s framing so that chunks cross the relay uncopied;
 //! - `remotes`: `GetRemote` and `ListRemotes`;
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
 //! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes, and the
@@ -39,6 +41,7 @@
 
 pub mod auth;
 pub mod config;
+mod data_calls;
 mod dial;
 mod dialer;
 mod endpoints;
@@ -60,8 +63,9 @@ mod tunnel;
 
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use sesame_tunnel::{Error, format_duration};
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 pub use config::{HttpConfig, RelayConfig};
 pub use endpoints::tcp::TcpPortRange;
@@ -83,14 +87,14 @@ fn peer_of<T>(request: &Request<T>) -> String {
 
 /// Reads the opening message of a call, which must arrive within `timeout`.
 async fn first_message<T>(
-    requests: &mut Streaming<T>,
+    requests: &mut (impl Stream<Item = Result<T, Status>> + Unpin),
     timeout: Duration,
     what: &str,
 ) -> Result<T, Status> {
-    match tokio::time::timeout(timeout, requests.message()).await {
-        Ok(Ok(Some(message))) => Ok(message),
-        Ok(Ok(None)) => Err(Error::protocol(format!("the call ended before its {what}")).into()),
-        Ok(Err(status)) => Err(status),
+    match tokio::time::timeout(timeout, requests.next()).await {
+        Ok(Some(Ok(message))) => Ok(message),
+        Ok(None) => Err(Error::protocol(format!("the call ended before its {what}")).into()),
+        Ok(Some(Err(status))) => Err(status),
         Err(_) => Err(Status::deadline_exceeded(format!(
             "no {what} within {}",
             format_duration(timeout)

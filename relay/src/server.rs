@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::auth::{AllowAll, Authorize};
 use crate::config::RelayConfig;
+use crate::data_calls::WithDataCall;
 use crate::dialer::Dialer;
 use crate::endpoints::tcp::{TcpPortRange, TcpPorts};
 use crate::endpoints::{Endpoints, HttpSite};
@@ -204,18 +205,24 @@ impl Relay {
             .http2_adaptive_window(Some(false))
             .http2_keepalive_interval(Some(transport.keepalive_interval))
             .http2_keepalive_timeout(Some(transport.keepalive_timeout))
-            .add_service(
+            .add_service(WithDataCall::new(
                 TunnelServiceServer::new(Tunnel {
                     state: state.clone(),
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
+                Tunnel {
+                    state: state.clone(),
+                },
+            ))
+            .add_service(WithDataCall::new(
                 DialerServiceServer::new(Dialer {
                     state: state.clone(),
                 })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
+                Dialer {
+                    state: state.clone(),
+                },
+            ))
             .add_service(
                 RemoteServiceServer::new(Remotes {
                     state: state.clone(),

@@ -145,6 +145,17 @@ impl TunnelService for Tunnel {
         &self,
         request: Request<Streaming<AcceptConnectionRequest>>,
     ) -> Result<Response<ToAgent>, Status> {
+        self.accept(request).await
+    }
+}
+
+impl Tunnel {
+    /// Answers an AcceptConnection call, whichever framing brought its messages: joins the
+    /// agent's data stream to the dial its ticket names.
+    pub(crate) async fn accept<S>(&self, request: Request<S>) -> Result<Response<ToAgent>, Status>
+    where
+        S: Stream<Item = Result<AcceptConnectionRequest, Status>> + Send + Unpin + 'static,
+    {
         let state = &self.state;
         let caller = state.authenticate(&request)?;
         let mut requests = request.into_inner();

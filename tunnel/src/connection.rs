@@ -11,11 +11,12 @@ use futures_util::task::noop_waker_ref;
 use futures_util::{Stream, StreamExt, stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
-use tonic::{Code, Response, Status, Streaming};
+use tonic::{Code, Response, Status};
 
 use crate::agent::ConnectionMeter;
 use crate::frame::{ClientMessage, Inbound, InboundStream, ServerMessage};
 use crate::pipe::{PipeReader, PipeWriter, pipe};
+use crate::wire::{ChunkMessage, DecodeStream};
 use crate::{Error, RemoteName, TransportSettings};
 
 /// What is known about a tunneled connection.
@@ -163,13 +164,15 @@ pub(crate) fn outbound<M: ClientMessage>(
 }
 
 /// The inbound half from a response stream that is already open.
-pub(crate) fn inbound<M: ServerMessage>(responses: Streaming<M>) -> InboundStream {
+pub(crate) fn inbound<M: ServerMessage + ChunkMessage>(
+    responses: DecodeStream<M>,
+) -> InboundStream {
     Box::pin(responses.map(|message| message.and_then(M::into_inbound)))
 }
 
 /// The inbound half from a call still under way in its own task; reads wait for it to open.
-pub(crate) fn inbound_from_call<M: ServerMessage>(
-    call: JoinHandle<Result<Response<Streaming<M>>, Status>>,
+pub(crate) fn inbound_from_call<M: ServerMessage + ChunkMessage>(
+    call: JoinHandle<Result<Response<DecodeStream<M>>, Status>>,
 ) -> InboundStream {
     Box::pin(
         stream::once(async move {
@@ -482,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_call_task_feeds_reads_once_it_opens() {
-        let call: JoinHandle<Result<Response<Streaming<DialResponseAlias>>, Status>> =
+        let call: JoinHandle<Result<Response<DecodeStream<DialResponseAlias>>, Status>> =
             tokio::spawn(async { Err(Status::not_found("ticket expired")) });
         let mut inbound = inbound_from_call(call);
         let first = inbound.next().await.unwrap().unwrap_err();

@@ -1,11 +1,11 @@
 //! The dialer: opens connections to the ports that remotes expose.
 
-use sesame_proto::v1::dial_request;
-use sesame_proto::v1::dialer_service_client::DialerServiceClient;
-use sesame_proto::v1::{DialRequest, DialTarget, dial_response};
+use futures_util::StreamExt;
+use sesame_proto::v1::{DialRequest, DialResponse, DialTarget, dial_request, dial_response};
 
 use crate::connection::{ConnectionInfo, inbound, outbound};
-use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use crate::settings::MAX_CHUNK_BYTES;
+use crate::wire::{self, DIAL_PATH};
 use crate::{Connection, Error, RelayAccess, RelayChannel, RemoteName, TransportSettings};
 
 /// Opens connections to remotes through a relay. Cheap to clone: clones share one HTTP/2
@@ -27,7 +27,7 @@ use crate::{Connection, Error, RelayAccess, RelayChannel, RemoteName, TransportS
 /// ```
 #[derive(Clone, Debug)]
 pub struct Dialer {
-    client: DialerServiceClient<RelayChannel>,
+    channel: RelayChannel,
     settings: TransportSettings,
 }
 
@@ -41,8 +41,7 @@ impl Dialer {
 
     /// A dialer over an existing channel to a relay.
     pub fn new(channel: RelayChannel, settings: TransportSettings) -> Self {
-        let client = DialerServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        Dialer { client, settings }
+        Dialer { channel, settings }
     }
 
     /// Opens a connection to `port` of `remote`.
@@ -58,8 +57,11 @@ impl Dialer {
             })),
         };
         let (writer, requests) = outbound(opening, &self.settings, MAX_CHUNK_BYTES);
-        let mut responses = self.client.clone().dial(requests).await?.into_inner();
-        match responses.message().await? {
+        let mut responses =
+            wire::call::<_, DialResponse, _>(self.channel.clone(), DIAL_PATH, requests)
+                .await?
+                .into_inner();
+        match responses.next().await.transpose()? {
             Some(first) if matches!(first.message, Some(dial_response::Message::Opened(_))) => {}
             Some(_) => {
                 return Err(Error::protocol(

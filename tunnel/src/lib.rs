@@ -16,6 +16,7 @@
 //! - [`splice`]: how the relay joins a dialer's stream to an agent's.
 //! - [`handshake`]: the session handshake as pure functions.
 //! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
+//! - [`wire`]: how data messages are framed on the wire without copying their chunks.
 //! - [`Error`]: typed errors that travel as gRPC statuses with a reason.
 //! - [`RelayAccess`]: how a client reaches a relay ([`RelayUrl`], [`Trust`] with a pinned
 //!   [`Fingerprint`] or certificate authorities, a bearer [`Token`]), and the [`RelayChannel`]
@@ -36,6 +37,7 @@ pub mod splice;
 mod tcp;
 mod ticket;
 mod transport;
+pub mod wire;
 
 pub use agent::{
     Event, Forward, HttpProtocol, HttpPublish, Listener, Publish, Published, Reconnect, Session,

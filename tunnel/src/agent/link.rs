@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::publish::Publish;
 use crate::handshake::{accept_welcome, hello};
-use crate::settings::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use crate::settings::MAX_CHUNK_BYTES;
 use crate::{AgentKey, Error, RelayAccess, RelayChannel, RemoteName, SessionId, TransportSettings};
 
 /// How many control messages may wait to be sent to the relay.
@@ -43,8 +43,8 @@ fn target_timeout(dial_timeout: Option<Duration>) -> Duration {
 pub(super) struct Link {
     /// The relay's id of this registration.
     pub(super) id: SessionId,
-    /// The client for this link's data streams.
-    pub(super) client: TunnelServiceClient<RelayChannel>,
+    /// The channel for this link's data streams.
+    pub(super) data_channel: RelayChannel,
     control: mpsc::Sender<OpenSessionRequest>,
     /// The largest data payload the relay accepts.
     pub(super) chunk_limit: usize,
@@ -122,8 +122,6 @@ impl Registration {
             ),
         };
         let client = TunnelServiceClient::new(control_channel);
-        let data_client =
-            TunnelServiceClient::new(data_channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (control, queue) = mpsc::channel(CONTROL_QUEUE);
         let opening = hello(
             &self.name,
@@ -171,7 +169,7 @@ impl Registration {
         let own_bound = self.settings.dead_peer_timeout() / 3;
         let link = Link {
             id: welcome.session_id,
-            client: data_client,
+            data_channel,
             control,
             chunk_limit: welcome.chunk_limit,
             target_timeout: target_timeout(welcome.dial_timeout),

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sesame_proto::v1::{
-    AcceptConnectionRequest, ConnectionTicket, DialFailure, DialNotice, OpenSessionResponse,
-    accept_connection_request, open_session_request, open_session_response,
+    AcceptConnectionRequest, AcceptConnectionResponse, ConnectionTicket, DialFailure, DialNotice,
+    OpenSessionResponse, accept_connection_request, open_session_request, open_session_response,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -23,6 +23,7 @@ use super::reconnect::Reconnect;
 use super::supervisor::supervise;
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
 use crate::transport::DEFAULT_RELAY;
+use crate::wire::{self, ACCEPT_CONNECTION_PATH};
 use crate::{
     AgentKey, Connection, Error, RelayAccess, RelayChannel, RelayUrl, RemoteName, SessionId,
     Ticket, TransportSettings, format_duration,
@@ -424,8 +425,12 @@ impl Shared {
             )),
         };
         let (writer, requests) = outbound(opening, &self.registration.settings, link.chunk_limit);
-        let mut client = link.client.clone();
-        let call = tokio::spawn(async move { client.accept_connection(requests).await });
+        let channel = link.data_channel.clone();
+        let call = tokio::spawn(wire::call::<_, AcceptConnectionResponse, _>(
+            channel,
+            ACCEPT_CONNECTION_PATH,
+            requests,
+        ));
         let info = ConnectionInfo::new(self.registration.name.clone(), port, Some(peer.clone()));
         let meter = self.observer.opened(port, peer);
         Connection::new(inbound_from_call(call), writer, info, Some(meter))
