@@ -2,7 +2,7 @@
 
 use futures_util::{Stream, StreamExt};
 use http::header::{CONTENT_TYPE, TE};
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Version};
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Response, Status};
@@ -30,6 +30,7 @@ where
     let mut request = http::Request::new(Body::new(body));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = http::Uri::from_static(path);
+    *request.version_mut() = Version::HTTP_2;
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
     headers.insert(TE, HeaderValue::from_static("trailers"));

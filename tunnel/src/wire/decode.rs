@@ -18,8 +18,8 @@ use crate::settings::MAX_MESSAGE_BYTES;
 /// The gRPC prefix: the compression flag and the message's length.
 const PREFIX_BYTES: usize = 5;
 
-/// The longest length varint of a message within [`MAX_MESSAGE_BYTES`] is three bytes; a
-/// longer one means the message is encoded in some other way.
+/// A chunk's length is a varint of at most five bytes (a `u32`); a longer one means the
+/// message is encoded in some other way.
 const MAX_LENGTH_VARINT: usize = 5;
 
 /// What a stream ends with, besides its messages.
@@ -139,9 +139,12 @@ impl<M: ChunkMessage> Stream for DecodeStream<M> {
                 Some(Ok(frame)) => frame,
                 Some(Err(status)) => {
                     this.done = true;
-                    // A client that cancels its call has finished sending, as far as the
-                    // server's reader is concerned.
-                    if matches!(this.receiver, Receiver::Server) && status.code() == Code::Cancelled
+                    // A client that cancels its call between messages has finished
+                    // sending, as far as the server's reader is concerned; within a message,
+                    // part of a chunk is lost, which must not pass for an end of data.
+                    if matches!(this.receiver, Receiver::Server)
+                        && status.code() == Code::Cancelled
+                        && this.decoder.between_messages()
                     {
                         return Poll::Ready(None);
                     }
@@ -250,7 +253,7 @@ impl Decoder {
                     ]) as usize;
                     self.held.clear();
                     if compressed != 0 {
-                        return Err(Status::unimplemented(
+                        return Err(Status::internal(
                             "a compressed message arrived, and compression was not agreed",
                         ));
                     }
@@ -316,14 +319,14 @@ fn head(held: &[u8], length: usize) -> Head {
     }
     let varint = &held[1..];
     if let Some(end) = varint.iter().position(|byte| byte & 0x80 == 0) {
-        let value = varint[..=end].iter().rev().fold(0usize, |value, byte| {
-            (value << 7) | usize::from(byte & 0x7f)
-        });
+        let value = varint[..=end]
+            .iter()
+            .rev()
+            .fold(0u64, |value, byte| (value << 7) | u64::from(byte & 0x7f));
         // Only a message that is nothing but its data field streams its chunk.
-        return if 1 + end + 1 + value == length {
-            Head::Chunk(value)
-        } else {
-            Head::Other
+        return match usize::try_from(value) {
+            Ok(value) if 1 + end + 1 + value == length => Head::Chunk(value),
+            _ => Head::Other,
         };
     }
     if varint.len() >= MAX_LENGTH_VARINT || held.len() >= length {
@@ -454,12 +457,75 @@ mod tests {
         let malformed = [&[0u8][..], &2u32.to_be_bytes(), &[0xff, 0xff]].concat();
         for (frame, code) in [
             (long, Code::ResourceExhausted),
-            (compressed, Code::Unimplemented),
+            (compressed, Code::Internal),
             (malformed, Code::Internal),
         ] {
             let error = decode_frames(&[Bytes::from(frame)]).unwrap_err();
             assert_eq!(error.code(), code, "{error:?}");
         }
+    }
+
+    /// A body of `frames`, as HTTP/2 would deliver it.
+    fn body(frames: Vec<Result<http_body::Frame<Bytes>, Status>>) -> Body {
+        Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_within_a_message_is_an_error_not_an_end() {
+        use futures_util::StreamExt;
+        use http_body::Frame;
+        let stream = framed(&DialRequest::from_chunk(Bytes::from(vec![3u8; 100])));
+        let cancelled_after = |cut: usize| {
+            body(vec![
+                Ok(Frame::data(Bytes::copy_from_slice(&stream[..cut]))),
+                Err(Status::cancelled("the client went away")),
+            ])
+        };
+        let whole: Vec<_> = DecodeStream::<DialRequest>::request(cancelled_after(stream.len()))
+            .collect()
+            .await;
+        assert!(matches!(&whole[..], [Ok(_)]), "{whole:?}");
+        let cut: Vec<_> = DecodeStream::<DialRequest>::request(cancelled_after(50))
+            .collect()
+            .await;
+        assert!(
+            matches!(&cut[..], [Ok(_), Err(status)] if status.code() == Code::Cancelled),
+            "{cut:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_ends_with_the_status_its_trailers_or_headers_give() {
+        use futures_util::StreamExt;
+        use http_body::Frame;
+        let data = || Ok(Frame::data(Bytes::from(framed(&target()))));
+        let mut not_found = HeaderMap::new();
+        Status::not_found("no such remote")
+            .add_header(&mut not_found)
+            .unwrap();
+        let codes = |messages: Vec<Result<DialRequest, Status>>| -> Vec<Code> {
+            messages
+                .iter()
+                .map(|m| m.as_ref().map_or_else(Status::code, |_| Code::Ok))
+                .collect()
+        };
+        let failed = DecodeStream::<DialRequest>::response(
+            body(vec![data(), Ok(Frame::trailers(not_found))]),
+            StatusCode::OK,
+            true,
+        );
+        assert_eq!(codes(failed.collect().await), [Code::Ok, Code::NotFound]);
+        let unfinished =
+            DecodeStream::<DialRequest>::response(body(vec![data()]), StatusCode::OK, true);
+        assert_eq!(codes(unfinished.collect().await), [Code::Ok, Code::Unknown]);
+        let bad_gateway =
+            DecodeStream::<DialRequest>::response(body(vec![]), StatusCode::BAD_GATEWAY, true);
+        assert_eq!(codes(bad_gateway.collect().await), [Code::Unavailable]);
+        // The headers held an OK status: nothing more to wait for.
+        let at_once = DecodeStream::<DialRequest>::response(body(vec![]), StatusCode::OK, false);
+        assert_eq!(codes(at_once.collect().await), []);
     }
 
     #[test]
