@@ -12,8 +12,8 @@
 //!
 //! - [`DecodeStream`]: a call's body as a stream of messages.
 //! - [`EncodeBody`]: a stream of messages as a call's body.
-//! - The client side of a call is [`call`]; the relay serves the calls with the two halves
-//!   above.
+//! - Clients make these calls with a crate-private `call`; the relay serves them with the two
+//!   halves above.
 
 mod call;
 mod decode;
