@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use futures_util::Stream;
-
 use sesame_proto::v1::dialer_service_server::DialerService;
 use sesame_proto::v1::{DialRequest, dial_request};
 use sesame_tunnel::splice::ToDialer;

@@ -12,11 +12,8 @@ use http_body::Body as _;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::{ChunkMessage, DATA_TAG};
+use super::{ChunkMessage, DATA_TAG, PREFIX_BYTES};
 use crate::settings::MAX_MESSAGE_BYTES;
-
-/// The gRPC prefix: the compression flag and the message's length.
-const PREFIX_BYTES: usize = 5;
 
 /// A chunk's length is a varint of at most five bytes (a `u32`); a longer one means the
 /// message is encoded in some other way.

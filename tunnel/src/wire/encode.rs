@@ -9,14 +9,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame};
 use tonic::{Code, Status};
 
-use super::{ChunkMessage, DATA_TAG};
+use super::{ChunkMessage, DATA_TAG, PREFIX_BYTES};
 
 /// Chunks shorter than this are copied next to their prefix and go out as one HTTP/2 frame;
 /// longer ones go out as a frame of their own, uncopied, after a frame with the prefix.
 const COPY_BELOW: usize = 8 << 10;
-
-/// The gRPC prefix: the compression flag and the message's length.
-const PREFIX_BYTES: usize = 5;
 
 /// The longest prefix of a data message: gRPC's, the field's tag and a length varint.
 const DATA_HEAD_BYTES: usize = PREFIX_BYTES + 1 + 5;

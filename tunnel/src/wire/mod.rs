@@ -38,6 +38,9 @@ pub const ACCEPT_CONNECTION_PATH: &str = "/sesame.v1.TunnelService/AcceptConnect
 /// The content type of gRPC calls.
 pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
+/// The gRPC prefix of every message: the compression flag and the message's length.
+const PREFIX_BYTES: usize = 5;
+
 /// The protobuf tag of the `bytes data = 2` field that all four data-carrying messages hold
 /// in their `message` oneof: field 2, wire type 2 (length-delimited).
 const DATA_TAG: u8 = (2 << 3) | 2;
