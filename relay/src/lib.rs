@@ -13,13 +13,14 @@
 //! sesame_relay::Relay::builder()
 //!     .build()
 //!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap() })
-//!     .await?;
+//!     .await;
 //! # Ok(()) }
 //! ```
 //!
 //! # Layout
 //!
-//! - [`server`](Relay): the services on one listener, and graceful shutdown;
+//! - [`server`](Relay): the services on one listener, and graceful shutdown; `serving`: the
+//!   listener's HTTP/2 connections; `executor`: where hyper's tasks run;
 //! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
 //! - `dialer`: dials, parked under a ticket until the agent answers;
 //! - `data_calls`: the two calls that carry connections, served with
@@ -45,6 +46,7 @@ mod data_calls;
 mod dial;
 mod dialer;
 mod endpoints;
+mod executor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -55,6 +57,7 @@ pub mod proxy_protocol;
 pub mod registry;
 mod remotes;
 mod server;
+mod serving;
 mod state;
 pub mod tls;
 mod token_service;

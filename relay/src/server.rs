@@ -1,5 +1,6 @@
 //! [`Relay`]: the three services on one listener, with graceful shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tracing::{info, warn};
 
@@ -152,11 +153,7 @@ impl Relay {
     }
 
     /// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         self.serve_with_incoming(incoming, shutdown).await
     }
@@ -168,7 +165,7 @@ impl Relay {
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
+    ) {
         let stop = self.state.shutdown.clone();
         let timeout = self.state.config.handshake_timeout;
         let incoming = crate::incoming::tls_incoming(listener, tls, timeout, stop);
@@ -176,7 +173,7 @@ impl Relay {
     }
 
     /// Serves the connections `incoming` yields (TCP, or in-memory streams in tests) until
-    /// `shutdown` completes.
+    /// `shutdown` completes or `incoming` ends.
     ///
     /// Shutting down: the relay stops accepting connections and new calls, tells each agent
     /// to drain and ends its session (so the remotes disappear), lets open connections run
@@ -185,8 +182,7 @@ impl Relay {
         self,
         incoming: I,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error>
-    where
+    ) where
         I: Stream<Item = Result<IO, IE>>,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -195,66 +191,62 @@ impl Relay {
         for public in self.public {
             tokio::spawn(crate::http::serve(state.clone(), public));
         }
-        let config = &state.config;
-        let transport = &config.transport;
-        let router = Server::builder()
-            .initial_stream_window_size(transport.stream_window)
-            .initial_connection_window_size(transport.connection_window)
-            .max_frame_size(transport.max_frame_size)
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .http2_adaptive_window(Some(false))
-            .http2_keepalive_interval(Some(transport.keepalive_interval))
-            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
-            .add_service(WithDataCall::new(
-                TunnelServiceServer::new(Tunnel {
-                    state: state.clone(),
-                })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                Tunnel {
-                    state: state.clone(),
-                },
-            ))
-            .add_service(WithDataCall::new(
-                DialerServiceServer::new(Dialer {
-                    state: state.clone(),
-                })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                Dialer {
-                    state: state.clone(),
-                },
-            ))
-            .add_service(
-                RemoteServiceServer::new(Remotes {
-                    state: state.clone(),
-                })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                TokenServiceServer::new(Tokens {
-                    state: state.clone(),
-                })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            );
+        let routes = Routes::new(WithDataCall::new(
+            TunnelServiceServer::new(Tunnel {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Tunnel {
+                state: state.clone(),
+            },
+        ))
+        .add_service(WithDataCall::new(
+            DialerServiceServer::new(Dialer {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Dialer {
+                state: state.clone(),
+            },
+        ))
+        .add_service(
+            RemoteServiceServer::new(Remotes {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TokenServiceServer::new(Tokens {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .prepare();
 
         let draining = state.shutdown.clone();
         let signal = async move {
             shutdown.await;
             info!("shutting down: draining agents");
             draining.cancel();
+            std::future::pending::<Infallible>().await
         };
-        let server = router.serve_with_incoming_shutdown(incoming, signal);
-        let grace = config.grace_period;
+        let server = async {
+            tokio::select! {
+                () = crate::serving::serve(state.clone(), routes, incoming) => {}
+                never = signal => match never {},
+            }
+        };
+        let grace = state.config.grace_period;
         let deadline = async {
             state.shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            result = server => result,
+            () = server => {}
             () = deadline => {
                 // Each connection's calls run in tasks of their own: end them explicitly.
                 state.cut.cancel();
                 warn!("connections still open after the grace period were cut");
-                Ok(())
             }
         }
     }

@@ -95,8 +95,7 @@ impl TestRelay {
                 .serve_with_incoming(UnboundedReceiverStream::new(incoming), async {
                     let _ = stopped.await;
                 })
-                .await
-                .expect("the relay failed");
+                .await;
         });
         TestRelay {
             url: "http://relay.invalid:1".parse().unwrap(),
@@ -197,8 +196,7 @@ pub fn serve_in_background(
             .serve(listener, async {
                 let _ = stopped.await;
             })
-            .await
-            .expect("the relay failed");
+            .await;
     });
     (stop, task)
 }

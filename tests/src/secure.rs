@@ -71,12 +71,11 @@ impl SecureRelay {
             let stopped = async {
                 let _ = stopped.await;
             };
-            let served = if tls {
-                relay.serve_tls(listener, config, stopped).await
+            if tls {
+                relay.serve_tls(listener, config, stopped).await;
             } else {
-                relay.serve(listener, stopped).await
-            };
-            served.expect("the relay failed");
+                relay.serve(listener, stopped).await;
+            }
         });
         SecureRelay {
             addr,

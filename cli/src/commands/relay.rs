@@ -130,7 +130,6 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
         }
         None => relay.serve(listener, stop).await,
     }
-    .context("the relay failed")?;
     println!("relay stopped");
     Ok(())
 }

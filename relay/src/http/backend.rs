@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sesame_proto::v1::HttpProtocol;
 use sesame_tunnel::RemoteName;
 use tonic::Status;
 use tracing::debug;
 
 use crate::dial::dial_local;
+use crate::executor::Executor;
 use crate::state::State;
 
 /// The most idle HTTP/1.1 connections a client connection keeps to one remote.
@@ -154,7 +155,7 @@ impl Backends {
             Some(sender) => sender,
             None => {
                 let io = self.dial(&key).await?;
-                let mut builder = http2::Builder::new(TokioExecutor::new());
+                let mut builder = http2::Builder::new(Executor);
                 let transport = &self.state.config.transport;
                 builder
                     .initial_stream_window_size(transport.stream_window)

@@ -22,13 +22,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::executor::Executor;
+use crate::serving::drive;
 use crate::state::State;
 use backend::Backends;
 use proxy::Proxy;
@@ -175,7 +177,7 @@ async fn serve_http<IO>(
         }
         Version::Http2 => {
             let transport = &state.config.transport;
-            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let connection = hyper::server::conn::http2::Builder::new(Executor)
                 .timer(TokioTimer::new())
                 .max_header_list_size(config.max_head_bytes as u32)
                 .max_concurrent_streams(config.max_streams)
@@ -190,27 +192,6 @@ async fn serve_http<IO>(
     };
     if let Err(error) = result {
         debug!(%error, "the connection ended with an error");
-    }
-}
-
-/// Runs a connection; when the relay shuts down, lets it finish its open requests, and cuts
-/// it when the grace period ends.
-async fn drive<C>(
-    state: &State,
-    connection: C,
-    graceful_shutdown: impl FnOnce(&mut std::pin::Pin<&mut C>),
-) -> Result<(), hyper::Error>
-where
-    C: std::future::Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::pin!(connection);
-    tokio::select! {
-        result = &mut connection => return result,
-        () = state.shutdown.cancelled() => graceful_shutdown(&mut connection),
-    }
-    tokio::select! {
-        result = &mut connection => result,
-        () = state.cut.cancelled() => Ok(()),
     }
 }
 

@@ -58,7 +58,7 @@ async fn connection(preface: bool, settle: bool, input: &[u8]) {
 
     let _ = stop.send(());
     match tokio::time::timeout(STEP, serving).await {
-        Ok(Ok(result)) => result.expect("the relay serves in-memory connections"),
+        Ok(Ok(())) => {}
         Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
         Err(_) => panic!("the relay did not shut down within {STEP:?}"),
     }
