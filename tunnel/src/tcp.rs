@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use crate::{Connection, io_reason};
 
@@ -43,7 +44,7 @@ pub async fn join_tcp(
     let mut to_tcp = ToTcp::default();
     let joined = poll_fn(|cx| {
         // Both directions are polled every time, so that each registers its wake-up.
-        let up = to_tunnel.poll(cx, &tcp, &mut conn)?;
+        let up = to_tunnel.poll(cx, &mut tcp, &mut conn)?;
         let down = to_tcp.poll(cx, &mut tcp, &mut conn)?;
         match (up, down) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
@@ -79,7 +80,7 @@ impl ToTunnel {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        tcp: &TcpStream,
+        tcp: &mut TcpStream,
         conn: &mut Connection,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -97,14 +98,14 @@ impl ToTunnel {
             if self.buf.capacity() - self.buf.len() < MIN_READ_BYTES {
                 self.buf = BytesMut::with_capacity(READ_BYTES);
             }
-            match tcp.try_read_buf(&mut self.buf) {
-                Ok(0) => {
+            // A read through `AsyncRead` that returns less than it asked for tells tokio the
+            // socket is drained, which spares the next read's `EAGAIN` round trip to the kernel.
+            match ready!(poll_read_buf(Pin::new(&mut *tcp), cx, &mut self.buf))? {
+                0 => {
                     conn.shutdown_write();
                     self.done = true;
                 }
-                Ok(_) => self.pending = self.buf.split().freeze(),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
+                _ => self.pending = self.buf.split().freeze(),
             }
         }
     }
