@@ -63,12 +63,33 @@ pub fn wildcard_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf
     paths
 }
 
-/// A range of `count` TCP ports that were free a moment ago, next to an ephemeral port.
+/// A range of `count` TCP ports that were free a moment ago, below the kernel's ephemeral
+/// range: a client connection of another test never takes one of them as its own port.
 pub async fn free_port_range(count: u16) -> RangeInclusive<u16> {
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let first = probe.local_addr().unwrap().port().min(65535 - count);
-    drop(probe);
-    first..=first + count - 1
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let starts = ephemeral
+        .saturating_sub(count)
+        .saturating_sub(LOWEST)
+        .max(1);
+    for _ in 0..1_000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let first = LOWEST + (random % u64::from(starts)) as u16;
+        let range = first..=first + count - 1;
+        if range
+            .clone()
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
+            return range;
+        }
+    }
+    panic!("no {count} consecutive free ports between {LOWEST} and {ephemeral}");
 }
 
 impl PublicRelay {
