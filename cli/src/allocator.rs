@@ -18,7 +18,7 @@ const KEEP_FREE: libc::c_int = 2 << 20;
 const OWN_PAGES_FROM: libc::c_int = 2 << 20;
 
 /// Tunes the allocator for moving data; call it first thing, before any thread starts.
-#[allow(unsafe_code)] // a foreign call into libc, the only one of the workspace
+#[allow(unsafe_code)] // a foreign call into libc
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's parameters; it is called before other threads

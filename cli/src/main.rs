@@ -7,7 +7,8 @@
 //! - `commands`: one module per subcommand; `credentials`: what `login` stores, and which
 //!   relay, trust and token a command uses;
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
-//! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
+//! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1;
+//! - `allocator` and `math`: how the process uses the C library.
 
 mod allocator;
 mod args;
@@ -15,6 +16,7 @@ mod commands;
 mod credentials;
 mod diagnostics;
 mod logging;
+mod math;
 mod report;
 mod spec;
 mod status;

@@ -168,6 +168,11 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `sesame ARGS`.
     pub fn sesame(args: &[&str]) -> Proc {
         let mut command = sesame();
