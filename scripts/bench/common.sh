@@ -136,6 +136,25 @@ install_rathole() {
 }
 
 # Sets $sesame: SESAME_BIN, or a release build of this tree.
+# Drops FILE...'s pages from the page cache, written back first, so that every tunnel starts
+# from its executable as from disk. A freshly built or installed executable sits in the cache
+# in the large blocks its writing left, and a process maps whole blocks around each page it
+# runs: its idle RSS would depend on how recently it was built rather than on what it does.
+uncache() {
+  python3 - "$@" <<'EOF'
+import os
+import sys
+
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+EOF
+}
+
 need_sesame() {
   if [ -z "$sesame" ]; then
     cargo build --release -q -p sesame

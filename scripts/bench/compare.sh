@@ -42,6 +42,7 @@ install_tools() {
   cargo_install bore --locked bore-cli --version 0.6.0
   install_rathole
   need_sesame
+  uncache "$sesame" "$tools/bin/bore" "$tools/bin/rathole" "$(command -v sshd)" "$(command -v ssh)"
 }
 
 # The servers behind every tunnel.
