@@ -1,4 +1,4 @@
-//! [`Relay`]: the three services on one listener, with graceful shutdown.
+//! [`Relay`]: the four services on one listener, with graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -135,7 +135,6 @@ install_rathole() {
   cargo_install rathole rathole --version 0.5.0 --no-default-features --features server,client,noise
 }
 
-# Sets $sesame: SESAME_BIN, or a release build of this tree.
 # Drops FILE...'s pages from the page cache, written back first, so that every tunnel starts
 # from its executable as from disk. A freshly built or installed executable sits in the cache
 # in the large blocks its writing left, and a process maps whole blocks around each page it
@@ -155,6 +154,7 @@ for path in sys.argv[1:]:
 EOF
 }
 
+# Sets $sesame: SESAME_BIN, or a release build of this tree.
 need_sesame() {
   if [ -z "$sesame" ]; then
     cargo build --release -q -p sesame
