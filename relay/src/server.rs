@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
@@ -241,12 +242,15 @@ impl Relay {
             state.shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
+        let mut server = pin!(server);
         tokio::select! {
-            () = server => {}
+            () = &mut server => {}
             () = deadline => {
-                // Each connection's calls run in tasks of their own: end them explicitly.
+                // Each connection's calls run in tasks of their own: end them explicitly, then
+                // wait for the connections to send the calls' statuses and close.
                 state.cut.cancel();
                 warn!("connections still open after the grace period were cut");
+                server.await;
             }
         }
     }

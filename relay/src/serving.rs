@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use hyper::body::Incoming;
@@ -73,8 +74,13 @@ where
     }
 }
 
+/// How long a connection still runs once the grace period has ended, to send the statuses of
+/// the calls that the cut ended: small frames, delayed only by a peer that does not read.
+pub(crate) const FLUSH_AFTER_CUT: Duration = Duration::from_secs(1);
+
 /// Runs a connection; when the relay shuts down, lets it finish its open requests, and cuts
-/// it when the grace period ends.
+/// it when the grace period ends, once its calls' final statuses are sent (at most
+/// [`FLUSH_AFTER_CUT`] later).
 pub(crate) async fn drive<C>(
     state: &State,
     connection: C,
@@ -89,7 +95,12 @@ where
         () = state.shutdown.cancelled() => graceful_shutdown(&mut connection),
     }
     tokio::select! {
-        result = &mut connection => result,
-        () = state.cut.cancelled() => Ok(()),
+        result = &mut connection => return result,
+        () = state.cut.cancelled() => {}
     }
+    // The cut ends every call with an error status; the connection, already going away,
+    // ends by itself once they are sent.
+    tokio::time::timeout(FLUSH_AFTER_CUT, connection)
+        .await
+        .unwrap_or(Ok(()))
 }
