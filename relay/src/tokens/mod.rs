@@ -91,6 +91,9 @@ pub struct TokenInfo {
 /// once (token changes) or within a moment (name claims).
 pub struct TokenStore {
     path: PathBuf,
+    /// Held while the file is written, and taken before `inner`: each write takes its snapshot
+    /// under it, so writes never share the temporary file and the last one is the latest state.
+    writing: Mutex<()>,
     inner: Mutex<Inner>,
     flush_pending: AtomicBool,
     this: Weak<TokenStore>,
@@ -199,6 +202,7 @@ impl TokenStore {
         }
         let store = Arc::new_cyclic(|this| TokenStore {
             path,
+            writing: Mutex::new(()),
             inner: Mutex::new(Inner {
                 tokens,
                 names: file.names,
@@ -227,6 +231,11 @@ impl TokenStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The right to write the file; taken before [`lock`](Self::lock) by whoever writes.
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Creates a token; returns it and its secret, which the store does not keep.
     pub fn create(
         &self,
@@ -246,6 +255,7 @@ impl TokenStore {
             ));
         }
         let now = SystemTime::now();
+        let _writing = self.writing();
         let mut inner = self.lock();
         let (id, secret) = loop {
             let (id, secret) = secret::generate();
@@ -287,6 +297,7 @@ impl TokenStore {
     /// Revokes a token: calls with it fail from now on, and what it has open ends. The names
     /// it owned are free again. Revoking a revoked token changes nothing.
     pub fn revoke(&self, id: &str) -> Result<TokenInfo, TokenStoreError> {
+        let _writing = self.writing();
         let mut inner = self.lock();
         let live = inner
             .tokens
@@ -301,8 +312,19 @@ impl TokenStore {
         Ok(describe(&inner, id).expect("present"))
     }
 
+    /// Writes `inner`; the caller holds [`writing`](Self::writing).
     fn write(&self, inner: &Inner) -> Result<(), TokenStoreError> {
         file::write(&self.path, &snapshot(inner)).map_err(|source| TokenStoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes the state as it is now.
+    fn write_latest(&self) -> Result<(), TokenStoreError> {
+        let _writing = self.writing();
+        let file = snapshot(&self.lock());
+        file::write(&self.path, &file).map_err(|source| TokenStoreError::Io {
             path: self.path.clone(),
             source,
         })
@@ -318,7 +340,7 @@ impl TokenStore {
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             this.flush_pending.store(false, Ordering::Release);
-            if let Err(error) = this.write(&this.lock()) {
+            if let Err(error) = this.write_latest() {
                 warn!(error = %sesame_tunnel::one_line(&error), "could not save name owners");
             }
             return;
@@ -326,9 +348,8 @@ impl TokenStore {
         runtime.spawn(async move {
             tokio::time::sleep(FLUSH_DELAY).await;
             this.flush_pending.store(false, Ordering::Release);
-            let file = snapshot(&this.lock());
-            let path = this.path.clone();
-            let written = tokio::task::spawn_blocking(move || file::write(&path, &file)).await;
+            let writer = this.clone();
+            let written = tokio::task::spawn_blocking(move || writer.write_latest()).await;
             if !matches!(written, Ok(Ok(()))) {
                 warn!(path = %this.path.display(), "could not save which token owns which name");
             }
@@ -457,6 +478,39 @@ mod tests {
 
     fn scopes(list: &[&str]) -> Vec<Scope> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn name_claims_written_during_token_changes_neither_fail_nor_undo_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let changing = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            // What a flush of name claims does, again and again, while tokens change.
+            let flushes = scope.spawn(|| {
+                let mut count = 0;
+                while changing.load(Ordering::Acquire) && count < 10_000 {
+                    store.write_latest().unwrap();
+                    count += 1;
+                }
+                count
+            });
+            for _ in 0..100 {
+                let (info, _) = store
+                    .create(scopes(&["connect:*"]), String::new(), None)
+                    .unwrap();
+                store.revoke(&info.id).unwrap();
+            }
+            changing.store(false, Ordering::Release);
+            assert!(flushes.join().unwrap() > 0);
+        });
+        let reopened = TokenStore::open(dir.path()).unwrap().store;
+        assert_eq!(
+            reopened.list(),
+            store.list(),
+            "the file holds the latest state"
+        );
+        assert_eq!(store.list().len(), 101);
     }
 
     #[tokio::test]
