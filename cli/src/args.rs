@@ -173,8 +173,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
 
-    /// How many threads serve connections: one per core by default. With 1, everything runs
-    /// on one thread, which costs the least CPU per connection on a small machine.
+    /// How many threads serve connections: one per core by default. Each connection stays on
+    /// one thread with everything it carries. With 1, everything runs on one thread.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 

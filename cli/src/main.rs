@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     allocator::tune();
     let cli = Cli::parse();
     logging::init(cli.verbose);
-    let runtime = match runtime_for(&cli.command) {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -54,25 +54,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The relay serves many agents and dialers at once, on every core unless `--threads` says
-/// otherwise. A client (an agent, a dialer, a one-shot command) runs on one thread: its tasks
-/// hand each chunk to one another (socket, pipe, HTTP/2 stream, connection), and on one
-/// thread each hand-over is a plain call instead of a wake-up of another thread.
-fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = match command {
-        Command::Relay(RelayCommand::Serve(args)) => args.threads,
-        _ => Some(1),
-    };
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(usize::from(n));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    builder.enable_all().build()
+/// Every command runs on one thread: a client's tasks (an agent's, a dialer's) hand each chunk
+/// to one another (socket, pipe, HTTP/2 stream, connection), and on one thread each hand-over
+/// is a plain call instead of a wake-up of another thread. The relay serves its connections
+/// on worker threads of its own (`--threads`), each also a runtime on one thread.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

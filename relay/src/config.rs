@@ -34,6 +34,13 @@ pub struct RelayConfig {
     pub max_connections_per_remote: usize,
     /// How many authentications may fail from one address, and how fast it may try again.
     pub failed_auth: FailureBudget,
+    /// Threads that serve the connections [`Relay::serve`](crate::Relay::serve),
+    /// [`serve_tls`](crate::Relay::serve_tls) and the public HTTP listeners accept, each
+    /// thread with a single-threaded runtime of its own. A connection stays on the thread it
+    /// was handed to, with everything it starts: an agent's calls, its public TCP ports and
+    /// the connections they carry. 0 (the default) serves them on the runtime that runs the
+    /// relay, as [`serve_with_incoming`](crate::Relay::serve_with_incoming) always does.
+    pub worker_threads: usize,
 }
 
 impl Default for RelayConfig {
@@ -52,6 +59,7 @@ impl Default for RelayConfig {
                 burst: 20,
                 refill: Duration::from_secs(3),
             },
+            worker_threads: 0,
         }
     }
 }

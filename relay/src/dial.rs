@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use sesame_proto::v1::{DialNotice, OpenSessionResponse, open_session_response};
-use sesame_tunnel::splice::{FromDialer, LocalDial, ToDialer};
+use sesame_tunnel::splice::{FromDialer, LocalDial};
 use sesame_tunnel::{Connection, Error, RemoteName, Ticket, format_duration};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::debug;
 
-use crate::state::{PendingDial, State};
+use crate::state::{Accepted, PendingDial, State};
+use crate::workers::Worker;
 
 /// Dials `port` of `name` for `peer` (an address, for the agent's logs), carrying
-/// `from_dialer`; returns the stream of what the remote sends, beginning with `opened`.
+/// `from_dialer`; returns the stream of what the remote sends, beginning with `opened`, and
+/// the worker thread of the agent's data call.
 /// Cancelling `dialer_ended` (the dialer's token was revoked) cuts the connection.
 pub(crate) async fn dial(
     state: &Arc<State>,
@@ -27,7 +29,7 @@ pub(crate) async fn dial(
     peer: String,
     from_dialer: FromDialer,
     dialer_ended: Option<CancellationToken>,
-) -> Result<ToDialer, Status> {
+) -> Result<Accepted, Status> {
     let not_found = || Error::RemoteNotFound {
         name: name.to_string(),
     };
@@ -93,14 +95,16 @@ pub(crate) async fn dial(
 }
 
 /// Dials from inside the relay, for a public endpoint: returns the connection to read and
-/// write once the agent has accepted it.
+/// write once the agent has accepted it, and the worker thread of the agent's data call,
+/// where the connection is best carried.
 pub(crate) async fn dial_local(
     state: &Arc<State>,
     name: &RemoteName,
     port: u16,
     peer: String,
-) -> Result<Connection, Status> {
+) -> Result<(Connection, Option<Worker>), Status> {
     let (local, from_dialer) = LocalDial::new(&state.config.transport);
-    let to_dialer = dial(state, name, port, peer, from_dialer, None).await?;
-    Ok(local.connect(to_dialer, name.clone(), port))
+    let accepted = dial(state, name, port, peer, from_dialer, None).await?;
+    let connection = local.connect(accepted.to_dialer, name.clone(), port);
+    Ok((connection, accepted.worker))
 }

@@ -20,7 +20,8 @@
 //! # Layout
 //!
 //! - [`server`](Relay): the services on one listener, and graceful shutdown; `serving`: the
-//!   listener's HTTP/2 connections; `executor`: where hyper's tasks run;
+//!   listener's HTTP/2 connections; `workers`: the threads that serve connections, each
+//!   connection on one; `executor`: where hyper's tasks run;
 //! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
 //! - `dialer`: dials, parked under a ticket until the agent answers;
 //! - `data_calls`: the two calls that carry connections, served with
@@ -34,7 +35,7 @@
 //!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy; `dial`: the dial path
 //!   that Dial calls and public endpoints share;
 //! - [`tls`]: the certificate for TLS (given, or self-signed in the data directory), reloaded
-//!   when its files change; `incoming`: TLS connections for the gRPC listener;
+//!   when its files change; `handshake`: TLS connections for the gRPC listener;
 //!   `private_file`: files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - `state`: what the services share; [`config`]: the settings;
@@ -50,8 +51,8 @@ mod executor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod handshake;
 mod http;
-mod incoming;
 mod private_file;
 pub mod proxy_protocol;
 pub mod registry;
@@ -63,6 +64,7 @@ pub mod tls;
 mod token_service;
 pub mod tokens;
 mod tunnel;
+mod workers;
 
 use std::time::Duration;
 
@@ -75,6 +77,7 @@ pub use endpoints::tcp::TcpPortRange;
 pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 pub use tokens::TokenStore;
+pub use workers::WorkerTasks;
 
 /// A port number from the wire: 1 to 65535.
 fn port_number(port: u32) -> Option<u16> {

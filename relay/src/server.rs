@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
 use crate::auth::{AllowAll, Authorize};
@@ -27,16 +27,19 @@ use crate::endpoints::{Endpoints, HttpSite};
 use crate::http::PublicListener;
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::Remotes;
+use crate::serving;
 use crate::state::State;
 use crate::token_service::Tokens;
 use crate::tokens::TokenStore;
 use crate::tunnel::Tunnel;
+use crate::workers::{WorkerTasks, Workers};
 
 /// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener, and
 /// the public endpoints it is given listeners for.
 pub struct Relay {
     state: Arc<State>,
     public: Vec<PublicListener>,
+    workers: Arc<Workers>,
 }
 
 /// Configures a [`Relay`].
@@ -126,6 +129,10 @@ impl RelayBuilder {
                 .collect(),
         });
         let endpoints = Endpoints::new(site, self.tcp_ports.map(TcpPorts::new));
+        let workers = Workers::start(self.config.worker_threads).unwrap_or_else(|error| {
+            warn!(%error, "no worker threads: serving every connection on the relay's runtime");
+            Workers::none()
+        });
         Relay {
             state: Arc::new(State::new(
                 self.config,
@@ -135,6 +142,7 @@ impl RelayBuilder {
                 endpoints,
             )),
             public: self.public,
+            workers: Arc::new(workers),
         }
     }
 }
@@ -153,10 +161,14 @@ impl Relay {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes, then shuts down gracefully.
+    /// Serves on `listener` until `shutdown` completes, then shuts down gracefully as
+    /// [`serve_with_incoming`](Self::serve_with_incoming) describes. Each connection is served
+    /// on one of the [worker threads](RelayConfig::worker_threads), if there are any.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        self.serve_with_incoming(incoming, shutdown).await
+        let accept = |state, routes, workers: Arc<Workers>| async move {
+            serving::serve_listener(state, routes, listener, None, &workers).await;
+        };
+        self.run(accept, shutdown).await
     }
 
     /// Serves gRPC over TLS with `tls` (whose ALPN should offer `h2`) on `listener` until
@@ -167,14 +179,16 @@ impl Relay {
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let stop = self.state.shutdown.clone();
-        let timeout = self.state.config.handshake_timeout;
-        let incoming = crate::incoming::tls_incoming(listener, tls, timeout, stop);
-        self.serve_with_incoming(incoming, shutdown).await
+        let acceptor = TlsAcceptor::from(tls);
+        let accept = |state, routes, workers: Arc<Workers>| async move {
+            serving::serve_listener(state, routes, listener, Some(acceptor), &workers).await;
+        };
+        self.run(accept, shutdown).await
     }
 
     /// Serves the connections `incoming` yields (TCP, or in-memory streams in tests) until
-    /// `shutdown` completes or `incoming` ends.
+    /// `shutdown` completes or `incoming` ends, on the runtime that runs this future (not on
+    /// worker threads: only the public HTTP listeners use those).
     ///
     /// Shutting down: the relay stops accepting connections and new calls, tells each agent
     /// to drain and ends its session (so the remotes disappear), lets open connections run
@@ -188,9 +202,29 @@ impl Relay {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let state = self.state;
-        for public in self.public {
-            tokio::spawn(crate::http::serve(state.clone(), public));
+        let accept = |state, routes, _| serving::serve(state, routes, incoming);
+        self.run(accept, shutdown).await
+    }
+
+    /// What counts the async tasks alive on this relay's worker threads.
+    pub fn worker_tasks(&self) -> WorkerTasks {
+        self.workers.tasks()
+    }
+
+    /// Serves the gRPC connections with `accept` and the public HTTP listeners until
+    /// `shutdown` completes, then shuts down gracefully; stops the workers at the end.
+    async fn run<A, F>(self, accept: A, shutdown: impl Future<Output = ()>)
+    where
+        A: FnOnce(Arc<State>, Routes, Arc<Workers>) -> F,
+        F: Future<Output = ()>,
+    {
+        let Relay {
+            state,
+            public,
+            workers,
+        } = self;
+        for public in public {
+            tokio::spawn(crate::http::serve(state.clone(), public, workers.clone()));
         }
         let routes = Routes::new(WithDataCall::new(
             TunnelServiceServer::new(Tunnel {
@@ -233,7 +267,7 @@ impl Relay {
         };
         let server = async {
             tokio::select! {
-                () = crate::serving::serve(state.clone(), routes, incoming) => {}
+                () = accept(state.clone(), routes, workers.clone()) => {}
                 never = signal => match never {},
             }
         };
@@ -253,5 +287,6 @@ impl Relay {
                 server.await;
             }
         }
+        workers.stop();
     }
 }

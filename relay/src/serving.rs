@@ -1,5 +1,6 @@
 //! Serving the gRPC listener's connections: each one HTTP/2 with the relay's transport
-//! settings, its streams' tasks on the relay's [`Executor`], until the relay shuts down.
+//! settings, on a worker thread when there are workers, its streams' tasks on the relay's
+//! [`Executor`], until the relay shuts down.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -10,7 +11,11 @@ use futures_util::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -18,7 +23,69 @@ use tower::Service;
 use tracing::debug;
 
 use crate::executor::Executor;
+use crate::handshake::handshake;
 use crate::state::State;
+use crate::workers::Workers;
+
+/// The most TLS handshakes under way at once; connections beyond it are closed at once.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Serves each connection accepted on `listener` with `routes` on a worker, after a TLS
+/// handshake when `tls` is given, until the relay's shutdown begins; then waits for the
+/// connections as [`serve`] does. A slow or silent TLS client delays nobody: handshakes run
+/// on the workers, bounded in time and number.
+pub(crate) async fn serve_listener(
+    state: Arc<State>,
+    routes: Routes,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    workers: &Workers,
+) {
+    let connections = TaskTracker::new();
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: the next accept may succeed.
+                Err(error) => {
+                    debug!(error = %io_reason(&error), "accepting a connection failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let tracked = connections.token();
+        let (state, routes) = (state.clone(), routes.clone());
+        match &tls {
+            None => workers.hand_over(tcp, move |tcp| async move {
+                serve_connection(state, routes, tcp).await;
+                drop(tracked);
+            }),
+            Some(acceptor) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%remote, "too many TLS handshakes under way: closing a new connection");
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                workers.hand_over(tcp, move |tcp| async move {
+                    let timeout = state.config.handshake_timeout;
+                    let handshaken = handshake(&acceptor, tcp, timeout).await;
+                    drop(permit);
+                    if let Some(tls) = handshaken {
+                        serve_connection(state, routes, tls).await;
+                    }
+                    drop(tracked);
+                });
+            }
+        }
+    }
+    // The listener closes as soon as accepting stops.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
 
 /// Serves each connection of `incoming` with `routes` until the relay's shutdown begins or
 /// `incoming` ends, then waits for the connections to finish: each is shut down gracefully

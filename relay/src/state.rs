@@ -18,6 +18,7 @@ use crate::config::RelayConfig;
 use crate::endpoints::Endpoints;
 use crate::registry::Registry;
 use crate::tokens::TokenStore;
+use crate::workers::Worker;
 
 /// The relay's shared state.
 pub(crate) struct State {
@@ -108,7 +109,15 @@ pub(crate) struct PendingDial {
     /// The dialer's request stream, after its target.
     pub(crate) from_dialer: FromDialer,
     /// Where the dial's outcome goes.
-    pub(crate) reply: oneshot::Sender<Result<ToDialer, Status>>,
+    pub(crate) reply: oneshot::Sender<Result<Accepted, Status>>,
+}
+
+/// A dial the agent accepted.
+pub(crate) struct Accepted {
+    /// What the remote sends.
+    pub(crate) to_dialer: ToDialer,
+    /// The worker thread of the agent's data call, if it runs on one.
+    pub(crate) worker: Option<Worker>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

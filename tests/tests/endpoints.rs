@@ -504,6 +504,55 @@ async fn a_public_tcp_port_carries_bytes_exactly_and_proxy_headers_on_request() 
     .await;
 }
 
+#[tokio::test]
+async fn a_relay_on_worker_threads_carries_public_tcp_and_https_byte_exact() {
+    within(async {
+        let mut config = RelayConfig::default();
+        config.worker_threads = 2;
+        let relay = PublicRelay::start(config, 1).await;
+        let session = agent(&relay, "busy").await;
+        let echo = echo_server().await;
+        let target = Target::new("127.0.0.1", echo.port());
+        let tcp = Publish::none().tcp(TcpPublish::any_port());
+        let _tcp = session.forward_with(7, target, tcp).await.unwrap();
+        let backend = HttpBackend::start().await;
+        let _http = publish_http(&session, backend.addr(), http(HttpProtocol::Http1)).await;
+
+        // The public port's connections run on the agent's worker.
+        let data = random_bytes(8 * MIB);
+        let port = public_port(&session, 7);
+        for _ in 0..2 {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (reader, writer) = stream.into_split();
+            let sending = tokio::spawn({
+                let data = data.clone();
+                async move { write_then_shutdown(writer, &data).await }
+            });
+            assert_eq!(
+                hash_to_end(reader).await.unwrap(),
+                (data.len() as u64, sha256(&data))
+            );
+            sending.await.unwrap().unwrap();
+        }
+
+        // HTTPS clients, handed to the workers in turn, reach the agent's worker.
+        let dir = scratch_dir();
+        let len = 4 * MIB as u64;
+        for seed in 0..3 {
+            let file = dir.join(format!("d{seed}"));
+            let out = file.display().to_string();
+            let url = format!(
+                "{}/download?bytes={len}&seed={seed}",
+                relay.https_url("busy")
+            );
+            let (_, head) = curl_at(&relay, "busy", &["-o", &out, &url]).await;
+            assert!(head.contains(" 200"), "{head}");
+            assert_eq!(hash_file(&file), (len, expected_download(len, seed)));
+        }
+    })
+    .await;
+}
+
 /// The relay port of `remote port` on `session`.
 fn public_port(session: &Session, port: u16) -> u16 {
     let address = session.published(port).tcp_address.expect("a TCP address");

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::args::ServeArgs;
+use crate::diagnostics;
 
 /// How often the certificate files are checked for changes.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
@@ -76,6 +77,7 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
     config.max_remotes_per_token = args.max_remotes_per_token;
     config.max_connections_per_remote = args.max_connections_per_remote;
     config.transport = transport;
+    config.worker_threads = worker_threads(args.threads);
     let mut relay = Relay::builder().config(config).tokens(opened.store);
 
     let stop_watching = CancellationToken::new();
@@ -117,6 +119,7 @@ pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Res
         });
     }
     let relay = relay.build();
+    diagnostics::include_relay_workers(relay.worker_tasks());
     match certificate {
         Some((certificate, _)) => {
             tokio::spawn(
@@ -202,4 +205,14 @@ async fn reload_on_hangup(certificate: Arc<ReloadingCertificate>) {
             }
         }
     }
+}
+
+/// The relay's worker threads for `--threads`: one per core unless set, and none for one
+/// thread, where the runtime's own thread serves everything.
+fn worker_threads(threads: Option<u16>) -> usize {
+    let threads = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    if threads == 1 { 0 } else { threads }
 }

@@ -76,12 +76,21 @@ fn stdio_carries_one_connection_byte_exact() {
 
 #[test]
 fn a_relay_on_one_thread_carries_connections_byte_exact() {
-    let mut relay = Relay::start_with("127.0.0.1:0", &["--threads", "1"]);
+    relay_on_threads_carries_connections_byte_exact("1");
+}
+
+#[test]
+fn a_relay_on_worker_threads_carries_connections_byte_exact() {
+    relay_on_threads_carries_connections_byte_exact("3");
+}
+
+fn relay_on_threads_carries_connections_byte_exact(threads: &str) {
+    let mut relay = Relay::start_with("127.0.0.1:0", &["--threads", threads]);
     relay.proc.signal("USR1");
     let stats = relay
         .proc
         .wait_for_on(Stream::Stderr, |line| line.starts_with("sesame stats: "));
-    assert!(stats.ends_with(" workers=1"), "{stats}");
+    assert!(stats.ends_with(&format!(" workers={threads}")), "{stats}");
     let http = HttpServer::start(3 << 20);
     let port = http.port.to_string();
     let _agent = relay.expose("web", &[&port]);

@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sesame_proto::v1::TcpEndpoint;
-use sesame_tunnel::{RemoteName, SessionId, io_reason, join_tcp};
+use sesame_tunnel::{Connection, RemoteName, SessionId, io_reason, join_tcp};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::dial::dial_local;
 use crate::proxy_protocol::v2_header;
 use crate::state::State;
+use crate::workers::Worker;
 
 /// The TCP ports a relay may publish remotes' ports on.
 #[derive(Clone, Debug)]
@@ -268,8 +269,8 @@ async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr
         return;
     };
     let local = client.local_addr().ok();
-    let mut conn = match dial_local(&state, &name, remote_port, peer.to_string()).await {
-        Ok(conn) => conn,
+    let (conn, worker) = match dial_local(&state, &name, remote_port, peer.to_string()).await {
+        Ok(dialed) => dialed,
         Err(status) => {
             debug!(%peer, error = status.message(), "a public connection could not be carried");
             // Closing with RST tells the client at once that nothing is there.
@@ -278,6 +279,21 @@ async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr
             return;
         }
     };
+    let span = tracing::Span::current();
+    let carrying =
+        move |client| join(state, client, peer, local, conn, proxy_protocol).instrument(span);
+    Worker::carry(worker, client, carrying).await;
+}
+
+/// Carries `client` (from `peer`, on `local`) over `conn`, after a PROXY header if asked.
+async fn join(
+    state: Arc<State>,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    mut conn: Connection,
+    proxy_protocol: bool,
+) {
     if proxy_protocol
         && let Some(local) = local
         && conn.write_all(&v2_header(peer, local)).await.is_err()

@@ -183,7 +183,8 @@ impl Backends {
         &self,
         (name, port): &Key,
     ) -> Result<TokioIo<sesame_tunnel::Connection>, BackendError> {
-        let conn = dial_local(&self.state, name, *port, self.client.clone())
+        // A client's HTTP connection cannot leave its thread: it is carried there.
+        let (conn, _) = dial_local(&self.state, name, *port, self.client.clone())
             .await
             .map_err(BackendError::Dial)?;
         Ok(TokioIo::new(conn))

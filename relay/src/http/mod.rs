@@ -32,6 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::executor::Executor;
 use crate::serving::drive;
 use crate::state::State;
+use crate::workers::Workers;
 use backend::Backends;
 use proxy::Proxy;
 use rewind::Rewind;
@@ -54,8 +55,8 @@ impl PublicListener {
     }
 }
 
-/// Serves one public listener until the relay shuts down.
-pub(crate) async fn serve(state: Arc<State>, public: PublicListener) {
+/// Serves one public listener until the relay shuts down, each connection on a worker.
+pub(crate) async fn serve(state: Arc<State>, public: PublicListener, workers: Arc<Workers>) {
     let scheme = public.scheme();
     loop {
         let accepted = tokio::select! {
@@ -66,8 +67,10 @@ pub(crate) async fn serve(state: Arc<State>, public: PublicListener) {
             Ok((tcp, client)) => {
                 let _ = tcp.set_nodelay(true);
                 let span = info_span!("http", %client, scheme);
-                let serving = serve_connection(state.clone(), tcp, client, public.tls.clone());
-                tokio::spawn(serving.instrument(span));
+                let (state, tls) = (state.clone(), public.tls.clone());
+                workers.hand_over(tcp, move |tcp| {
+                    serve_connection(state, tcp, client, tls).instrument(span)
+                });
             }
             // Out of file descriptors and the like: the next accept may succeed.
             Err(error) => warn!(error = %io_reason(&error), "accepting a connection failed"),
