@@ -1,8 +1,6 @@
 //! Running real peers (curl, python3 scripts) as processes, with every wait bounded.
 
-use std::path::PathBuf;
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -179,17 +177,12 @@ fn forward_lines(
     });
 }
 
-/// A fresh directory for one test.
-pub fn scratch_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sesame-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed with everything in it when dropped.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sesame-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// `curl -sS` without any proxy, dumping the response head to stderr, with `args`; fails

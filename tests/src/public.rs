@@ -35,6 +35,8 @@ pub struct PublicRelay {
     pub tcp_ports: RangeInclusive<u16>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Holds the certificate files.
+    _dir: tempfile::TempDir,
 }
 
 /// A CA, and a certificate for `*.tunnel.test` it signed: written as PEM files into `dir`.
@@ -96,7 +98,7 @@ impl PublicRelay {
     /// Starts a relay with `config` on loopback, with `tcp_ports` TCP ports.
     pub async fn start(config: RelayConfig, tcp_ports: u16) -> Self {
         let dir = scratch_dir();
-        let (ca, cert, key) = wildcard_certificate(&dir);
+        let (ca, cert, key) = wildcard_certificate(dir.path());
         let certificate = ReloadingCertificate::load(&cert, &key).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -128,6 +130,7 @@ impl PublicRelay {
             tcp_ports: range,
             stop: Some(stop),
             task,
+            _dir: dir,
         }
     }
 

@@ -83,7 +83,7 @@ async fn http1_streams_256_mib_each_way_and_keeps_connections_alive() {
         let dir = scratch_dir();
 
         let len = 256 * MIB;
-        let down = dir.join("down.bin");
+        let down = dir.path().join("down.bin");
         let download = format!("{url}/download?bytes={len}&seed=3");
         let down_arg = down.display().to_string();
         let (_, head) = curl_at(&relay, "pi", &["--http1.1", "-o", &down_arg, &download]).await;
@@ -94,7 +94,7 @@ async fn http1_streams_256_mib_each_way_and_keeps_connections_alive() {
         );
         std::fs::remove_file(&down).unwrap();
 
-        let up = dir.join("up.bin");
+        let up = dir.path().join("up.bin");
         let data = random_bytes(len);
         std::fs::write(&up, &data).unwrap();
         let expected = hex(&sha256(&data));
@@ -219,7 +219,7 @@ async fn downloads_over_h2_and_https_are_byte_exact_and_concurrent() {
         let mut args: Vec<String> = vec!["--http2".into(), "-Z".into()];
         for seed in 0..4 {
             args.push("-o".to_owned());
-            args.push(dir.join(format!("d{seed}")).display().to_string());
+            args.push(dir.path().join(format!("d{seed}")).display().to_string());
             args.push(format!("{base}/download?bytes={len}&seed={seed}"));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -228,14 +228,14 @@ async fn downloads_over_h2_and_https_are_byte_exact_and_concurrent() {
         for seed in 0..4 {
             let expected = expected_download(len as u64, seed);
             assert_eq!(
-                hash_file(&dir.join(format!("d{seed}"))),
+                hash_file(&dir.path().join(format!("d{seed}"))),
                 (len as u64, expected)
             );
         }
 
         // With prior knowledge, one transfer per curl: curl 7.88 fails any second transfer
         // on an h2c connection (it does so against the service directly too).
-        let file = dir.join("h2c");
+        let file = dir.path().join("h2c");
         let out = file.display().to_string();
         let url = format!("{}/download?bytes={len}&seed=9", relay.http_url("pi"));
         let (_, head) = curl_at(&relay, "pi", &["--http2-prior-knowledge", "-o", &out, &url]).await;
@@ -539,7 +539,7 @@ async fn a_relay_on_worker_threads_carries_public_tcp_and_https_byte_exact() {
         let dir = scratch_dir();
         let len = 4 * MIB as u64;
         for seed in 0..3 {
-            let file = dir.join(format!("d{seed}"));
+            let file = dir.path().join(format!("d{seed}"));
             let out = file.display().to_string();
             let url = format!(
                 "{}/download?bytes={len}&seed={seed}",

@@ -50,7 +50,8 @@ async fn chunked_uploads_are_hashed_over_both_versions() {
     within(async {
         let backend = HttpBackend::start().await;
         let data = random_bytes(8 * MIB);
-        let file = scratch_dir().join("upload.bin");
+        let dir = scratch_dir();
+        let file = dir.path().join("upload.bin");
         std::fs::write(&file, &data).unwrap();
         let upload = format!("@{}", file.display());
         let url = format!("{}/upload", backend.url());
