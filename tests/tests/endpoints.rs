@@ -450,18 +450,7 @@ async fn a_public_tcp_port_carries_bytes_exactly_and_proxy_headers_on_request() 
         let port: u16 = address.rsplit_once(':').unwrap().1.parse().unwrap();
         assert!(relay.tcp_ports.contains(&port), "{address}");
 
-        let data = random_bytes(32 * MIB);
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (reader, writer) = stream.into_split();
-        let sending = tokio::spawn({
-            let data = data.clone();
-            async move { write_then_shutdown(writer, &data).await }
-        });
-        assert_eq!(
-            hash_to_end(reader).await.unwrap(),
-            (data.len() as u64, sha256(&data))
-        );
-        sending.await.unwrap().unwrap();
+        echoes_exactly(port, random_bytes(32 * MIB)).await;
 
         // With the PROXY protocol, the target learns the client's address first.
         let (seen, mut heard) = tokio::sync::mpsc::unbounded_channel();
@@ -522,17 +511,7 @@ async fn a_relay_on_worker_threads_carries_public_tcp_and_https_byte_exact() {
         let data = random_bytes(8 * MIB);
         let port = public_port(&session, 7);
         for _ in 0..2 {
-            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let (reader, writer) = stream.into_split();
-            let sending = tokio::spawn({
-                let data = data.clone();
-                async move { write_then_shutdown(writer, &data).await }
-            });
-            assert_eq!(
-                hash_to_end(reader).await.unwrap(),
-                (data.len() as u64, sha256(&data))
-            );
-            sending.await.unwrap().unwrap();
+            echoes_exactly(port, data.clone()).await;
         }
 
         // HTTPS clients, handed to the workers in turn, reach the agent's worker.
@@ -551,6 +530,17 @@ async fn a_relay_on_worker_threads_carries_public_tcp_and_https_byte_exact() {
         }
     })
     .await;
+}
+
+/// Sends `data` to the echo target behind the relay's TCP port `port`, half-closes, and
+/// checks that the same bytes come back.
+async fn echoes_exactly(port: u16, data: Vec<u8>) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (reader, writer) = stream.into_split();
+    let expected = (data.len() as u64, sha256(&data));
+    let sending = tokio::spawn(async move { write_then_shutdown(writer, &data).await });
+    assert_eq!(hash_to_end(reader).await.unwrap(), expected);
+    sending.await.unwrap().unwrap();
 }
 
 /// The relay port of `remote port` on `session`.
