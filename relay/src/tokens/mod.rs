@@ -314,17 +314,18 @@ impl TokenStore {
 
     /// Writes `inner`; the caller holds [`writing`](Self::writing).
     fn write(&self, inner: &Inner) -> Result<(), TokenStoreError> {
-        file::write(&self.path, &snapshot(inner)).map_err(|source| TokenStoreError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.write_file(&snapshot(inner))
     }
 
-    /// Writes the state as it is now.
+    /// Writes the state as it is now, without holding the state's lock while writing.
     fn write_latest(&self) -> Result<(), TokenStoreError> {
         let _writing = self.writing();
         let file = snapshot(&self.lock());
-        file::write(&self.path, &file).map_err(|source| TokenStoreError::Io {
+        self.write_file(&file)
+    }
+
+    fn write_file(&self, file: &StoreFile) -> Result<(), TokenStoreError> {
+        file::write(&self.path, file).map_err(|source| TokenStoreError::Io {
             path: self.path.clone(),
             source,
         })
