@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use sesame_proto::v1::{DialNotice, OpenSessionResponse, open_session_response};
-use sesame_tunnel::splice::{FromDialer, LocalDial};
+use sesame_tunnel::splice::{FromDialer, LocalDial, ToDialer};
 use sesame_tunnel::{Connection, Error, RemoteName, Ticket, format_duration};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -15,12 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::debug;
 
-use crate::state::{Accepted, PendingDial, State};
-use crate::workers::Worker;
+use crate::state::{PendingDial, State};
 
 /// Dials `port` of `name` for `peer` (an address, for the agent's logs), carrying
-/// `from_dialer`; returns the stream of what the remote sends, beginning with `opened`, and
-/// the worker thread of the agent's data call.
+/// `from_dialer`; returns the stream of what the remote sends, beginning with `opened`.
 /// Cancelling `dialer_ended` (the dialer's token was revoked) cuts the connection.
 pub(crate) async fn dial(
     state: &Arc<State>,
@@ -29,7 +27,7 @@ pub(crate) async fn dial(
     peer: String,
     from_dialer: FromDialer,
     dialer_ended: Option<CancellationToken>,
-) -> Result<Accepted, Status> {
+) -> Result<ToDialer, Status> {
     let not_found = || Error::RemoteNotFound {
         name: name.to_string(),
     };
@@ -95,16 +93,14 @@ pub(crate) async fn dial(
 }
 
 /// Dials from inside the relay, for a public endpoint: returns the connection to read and
-/// write once the agent has accepted it, and the worker thread of the agent's data call,
-/// where the connection is best carried.
+/// write once the agent has accepted it.
 pub(crate) async fn dial_local(
     state: &Arc<State>,
     name: &RemoteName,
     port: u16,
     peer: String,
-) -> Result<(Connection, Option<Worker>), Status> {
+) -> Result<Connection, Status> {
     let (local, from_dialer) = LocalDial::new(&state.config.transport);
-    let accepted = dial(state, name, port, peer, from_dialer, None).await?;
-    let connection = local.connect(accepted.to_dialer, name.clone(), port);
-    Ok((connection, accepted.worker))
+    let to_dialer = dial(state, name, port, peer, from_dialer, None).await?;
+    Ok(local.connect(to_dialer, name.clone(), port))
 }

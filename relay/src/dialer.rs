@@ -57,7 +57,7 @@ impl Dialer {
         })?;
         caller.check(Action::Dial(&name))?;
         let ended = caller.ended().cloned();
-        let accepted = dial(state, &name, port, peer, Box::pin(requests), ended).await?;
-        Ok(Response::new(accepted.to_dialer))
+        let to_dialer = dial(state, &name, port, peer, Box::pin(requests), ended).await?;
+        Ok(Response::new(to_dialer))
     }
 }

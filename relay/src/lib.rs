@@ -20,8 +20,8 @@
 //! # Layout
 //!
 //! - [`server`](Relay): the services on one listener, and graceful shutdown; `serving`: the
-//!   listener's HTTP/2 connections; `workers`: the threads that serve connections, each
-//!   connection on one; `executor`: where hyper's tasks run;
+//!   listener's connections, served by tonic; `workers`: the threads that serve connections,
+//!   each connection on one;
 //! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
 //! - `dialer`: dials, parked under a ticket until the agent answers;
 //! - `data_calls`: the two calls that carry connections, served with
@@ -47,7 +47,6 @@ mod data_calls;
 mod dial;
 mod dialer;
 mod endpoints;
-mod executor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -24,10 +24,11 @@ use crate::data_calls::WithDataCall;
 use crate::dialer::Dialer;
 use crate::endpoints::tcp::{TcpPortRange, TcpPorts};
 use crate::endpoints::{Endpoints, HttpSite};
+use crate::handshake::handshake;
 use crate::http::PublicListener;
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::Remotes;
-use crate::serving;
+use crate::serving::{self, FLUSH_AFTER_CUT};
 use crate::state::State;
 use crate::token_service::Tokens;
 use crate::tokens::TokenStore;
@@ -165,8 +166,10 @@ impl Relay {
     /// [`serve_with_incoming`](Self::serve_with_incoming) describes. Each connection is served
     /// on one of the [worker threads](RelayConfig::worker_threads), if there are any.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let accept = |state, routes, workers: Arc<Workers>| async move {
-            serving::serve_listener(state, routes, listener, None, &workers).await;
+        let accept = |state: Arc<State>, routes, workers: Arc<Workers>| async move {
+            let prepare = |tcp| async { Some(tcp) };
+            let (config, stop) = (&state.config, &state.shutdown);
+            serving::serve_listener(config, stop, routes, listener, &workers, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -180,8 +183,14 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) {
         let acceptor = TlsAcceptor::from(tls);
-        let accept = |state, routes, workers: Arc<Workers>| async move {
-            serving::serve_listener(state, routes, listener, Some(acceptor), &workers).await;
+        let accept = |state: Arc<State>, routes, workers: Arc<Workers>| async move {
+            let timeout = state.config.handshake_timeout;
+            let prepare = move |tcp| {
+                let acceptor = acceptor.clone();
+                async move { handshake(&acceptor, tcp, timeout).await }
+            };
+            let (config, stop) = (&state.config, &state.shutdown);
+            serving::serve_listener(config, stop, routes, listener, &workers, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -202,7 +211,9 @@ impl Relay {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let accept = |state, routes, _| serving::serve(state, routes, incoming);
+        let accept = |state: Arc<State>, routes, _| async move {
+            serving::serve(&state.config, state.shutdown.clone(), routes, incoming).await;
+        };
         self.run(accept, shutdown).await
     }
 
@@ -281,10 +292,10 @@ impl Relay {
             () = &mut server => {}
             () = deadline => {
                 // Each connection's calls run in tasks of their own: end them explicitly, then
-                // wait for the connections to send the calls' statuses and close.
+                // give the connections a moment to send the calls' statuses and close.
                 state.cut.cancel();
                 warn!("connections still open after the grace period were cut");
-                server.await;
+                let _ = tokio::time::timeout(FLUSH_AFTER_CUT, server).await;
             }
         }
         workers.stop();

@@ -18,7 +18,6 @@ use crate::config::RelayConfig;
 use crate::endpoints::Endpoints;
 use crate::registry::Registry;
 use crate::tokens::TokenStore;
-use crate::workers::Worker;
 
 /// The relay's shared state.
 pub(crate) struct State {
@@ -108,16 +107,8 @@ pub(crate) struct PendingDial {
     pub(crate) dialer_ended: Option<CancellationToken>,
     /// The dialer's request stream, after its target.
     pub(crate) from_dialer: FromDialer,
-    /// Where the dial's outcome goes.
-    pub(crate) reply: oneshot::Sender<Result<Accepted, Status>>,
-}
-
-/// A dial the agent accepted.
-pub(crate) struct Accepted {
-    /// What the remote sends.
-    pub(crate) to_dialer: ToDialer,
-    /// The worker thread of the agent's data call, if it runs on one.
-    pub(crate) worker: Option<Worker>,
+    /// Where the dial's outcome goes: what the remote sends, once it accepted.
+    pub(crate) reply: oneshot::Sender<Result<ToDialer, Status>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

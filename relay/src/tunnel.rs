@@ -26,8 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::{Action, Caller};
 use crate::registry::{PublicEndpoints, RemoteRecord};
 use crate::remotes::to_proto;
-use crate::state::{Accepted, SessionLink, State};
-use crate::workers::Worker;
+use crate::state::{SessionLink, State};
 use crate::{first_message, peer_of, port_number};
 
 /// The longest message of a dial failure the relay passes on to the dialer.
@@ -192,11 +191,7 @@ impl Tunnel {
         let to_agent: ToAgent = Box::pin(to_agent.inspect(move |_| {
             let _ = &agent_slot;
         }));
-        let accepted = Accepted {
-            to_dialer,
-            worker: Worker::current(),
-        };
-        dial.reply.send(Ok(accepted)).map_err(|_| {
+        dial.reply.send(Ok(to_dialer)).map_err(|_| {
             Status::not_found("the dialer gave up before the connection was accepted")
         })?;
         Ok(Response::new(to_agent))

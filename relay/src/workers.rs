@@ -1,13 +1,16 @@
 //! Threads that serve connections, each with a single-threaded runtime of its own.
 //!
-//! A connection handed to a worker stays on its thread, and so does every task it starts: an
-//! agent's calls, and the public TCP ports it publishes. A client of a public TCP port is
-//! carried on the thread of the agent's data call that answered it, so a chunk between the
-//! client's socket and the agent's HTTP/2 connection never wakes another thread, and no two
-//! threads meet on the locks of one HTTP/2 connection. Connections are handed out in turn,
-//! so the agents spread over the threads.
+//! A connection handed to a worker stays on its thread, and so does every task it starts. An
+//! agent keeps its calls on one HTTP/2 connection, so its control stream, its data calls and
+//! the public TCP ports it publishes share one thread: a chunk between a public client's
+//! socket and the agent's stream never wakes another thread, and no two threads meet on the
+//! locks of one HTTP/2 connection. Connections are handed out in turn, so the agents spread
+//! over the threads.
+//!
+//! `tokio_util::task::LocalPoolHandle` also runs single-threaded runtimes, but it neither
+//! counts the tasks alive on them (the relay's leak check reads that) nor stops them on
+//! demand, and its tasks need not be `Send`, which nothing here needs.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -17,11 +20,6 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
-thread_local! {
-    /// The index of the worker thread this is, on worker threads.
-    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
-}
 
 /// The relay's worker threads; none means connections are served where they are accepted.
 pub(crate) struct Workers {
@@ -54,7 +52,6 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("sesame-worker-{index}"))
                 .spawn(move || {
-                    WORKER_INDEX.set(Some(index));
                     runtime.block_on(stop.cancelled());
                     // Dropping the runtime here drops the tasks still on it.
                 })?;
@@ -63,19 +60,38 @@ impl Workers {
         Ok(workers)
     }
 
+    /// The runtimes that serve connections: the workers', or the current one without workers.
+    pub(crate) fn runtimes(&self) -> Vec<Handle> {
+        if self.runtimes.is_empty() {
+            vec![Handle::current()]
+        } else {
+            self.runtimes.clone()
+        }
+    }
+
     /// Serves `tcp` with `serve` on the next worker, registered with that worker's reactor;
-    /// without workers, on the current runtime.
+    /// without workers, on the current runtime. `serve` is told the index of its runtime
+    /// among [`runtimes`](Self::runtimes).
     pub(crate) fn hand_over<S, F>(&self, tcp: TcpStream, serve: S)
     where
-        S: FnOnce(TcpStream) -> F + Send + 'static,
+        S: FnOnce(TcpStream, usize) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
         if self.runtimes.is_empty() {
-            tokio::spawn(serve(tcp));
+            tokio::spawn(serve(tcp, 0));
             return;
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
-        move_to(&self.runtimes[index], tcp, serve);
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => return debug!(%error, "a connection could not leave its thread"),
+        };
+        self.runtimes[index].spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp, index).await,
+                Err(error) => debug!(%error, "a connection could not join its worker"),
+            }
+        });
     }
 
     /// What counts the tasks alive on the workers.
@@ -92,56 +108,6 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Serves `tcp` with `serve` in a task on `runtime`, registered with that runtime's reactor.
-fn move_to<S, F>(runtime: &Handle, tcp: TcpStream, serve: S)
-where
-    S: FnOnce(TcpStream) -> F + Send + 'static,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let tcp = match tcp.into_std() {
-        Ok(tcp) => tcp,
-        Err(error) => return debug!(%error, "a connection could not leave its thread"),
-    };
-    runtime.spawn(async move {
-        match TcpStream::from_std(tcp) {
-            Ok(tcp) => serve(tcp).await,
-            Err(error) => debug!(%error, "a connection could not join its worker"),
-        }
-    });
-}
-
-/// A worker thread, as code running on it knows it: where a connection may be moved to join
-/// the other tasks that carry it.
-#[derive(Clone, Debug)]
-pub(crate) struct Worker {
-    index: usize,
-    runtime: Handle,
-}
-
-impl Worker {
-    /// The worker thread this code runs on; `None` elsewhere.
-    pub(crate) fn current() -> Option<Worker> {
-        let index = WORKER_INDEX.get()?;
-        let runtime = Handle::try_current().ok()?;
-        Some(Worker { index, runtime })
-    }
-
-    /// Serves `tcp` with `serve` on this worker: in a task there, or, when already on it, in
-    /// the caller's task.
-    pub(crate) async fn carry<S, F>(this: Option<Worker>, tcp: TcpStream, serve: S)
-    where
-        S: FnOnce(TcpStream) -> F + Send + 'static,
-        F: Future<Output = ()> + Send + 'static,
-    {
-        match this {
-            Some(worker) if WORKER_INDEX.get() != Some(worker.index) => {
-                move_to(&worker.runtime, tcp, serve);
-            }
-            _ => serve(tcp).await,
-        }
     }
 }
 
@@ -187,7 +153,7 @@ mod tests {
             let mut client = TcpStream::connect(addr).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
             let report = report.clone();
-            workers.hand_over(server, move |mut server| async move {
+            workers.hand_over(server, move |mut server, _| async move {
                 let here = std::thread::current().id();
                 let spawned = tokio::spawn(async { std::thread::current().id() });
                 let mut byte = [0];
@@ -222,6 +188,7 @@ mod tests {
             reports[0].0, reports[1].0,
             "two workers share the connections"
         );
+        assert_eq!(workers.runtimes().len(), 2);
     }
 
     #[tokio::test]
@@ -232,6 +199,7 @@ mod tests {
             assert_eq!((thread, spawned), (here, here));
         }
         assert_eq!(workers.tasks().alive(), 0);
+        assert_eq!(workers.runtimes().len(), 1, "the current runtime");
     }
 
     #[tokio::test]
@@ -244,7 +212,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (started, mut running) = mpsc::unbounded_channel();
-        workers.hand_over(server, move |server| async move {
+        workers.hand_over(server, move |server, _| async move {
             started.send(()).unwrap();
             std::future::pending::<()>().await;
             drop(server);

@@ -22,7 +22,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::dial::dial_local;
 use crate::proxy_protocol::v2_header;
 use crate::state::State;
-use crate::workers::Worker;
 
 /// The TCP ports a relay may publish remotes' ports on.
 #[derive(Clone, Debug)]
@@ -269,8 +268,8 @@ async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr
         return;
     };
     let local = client.local_addr().ok();
-    let (conn, worker) = match dial_local(&state, &name, remote_port, peer.to_string()).await {
-        Ok(dialed) => dialed,
+    let conn = match dial_local(&state, &name, remote_port, peer.to_string()).await {
+        Ok(conn) => conn,
         Err(status) => {
             debug!(%peer, error = status.message(), "a public connection could not be carried");
             // Closing with RST tells the client at once that nothing is there.
@@ -279,10 +278,7 @@ async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr
             return;
         }
     };
-    let span = tracing::Span::current();
-    let carrying =
-        move |client| join(state, client, peer, local, conn, proxy_protocol).instrument(span);
-    Worker::carry(worker, client, carrying).await;
+    join(state, client, peer, local, conn, proxy_protocol).await;
 }
 
 /// Carries `client` (from `peer`, on `local`) over `conn`, after a PROXY header if asked.

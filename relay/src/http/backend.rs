@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sesame_proto::v1::HttpProtocol;
 use sesame_tunnel::RemoteName;
 use tonic::Status;
 use tracing::debug;
 
 use crate::dial::dial_local;
-use crate::executor::Executor;
 use crate::state::State;
 
 /// The most idle HTTP/1.1 connections a client connection keeps to one remote.
@@ -155,7 +154,7 @@ impl Backends {
             Some(sender) => sender,
             None => {
                 let io = self.dial(&key).await?;
-                let mut builder = http2::Builder::new(Executor);
+                let mut builder = http2::Builder::new(TokioExecutor::new());
                 let transport = &self.state.config.transport;
                 builder
                     .initial_stream_window_size(transport.stream_window)
@@ -184,7 +183,7 @@ impl Backends {
         (name, port): &Key,
     ) -> Result<TokioIo<sesame_tunnel::Connection>, BackendError> {
         // A client's HTTP connection cannot leave its thread: it is carried there.
-        let (conn, _) = dial_local(&self.state, name, *port, self.client.clone())
+        let conn = dial_local(&self.state, name, *port, self.client.clone())
             .await
             .map_err(BackendError::Dial)?;
         Ok(TokioIo::new(conn))

@@ -22,14 +22,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::executor::Executor;
 use crate::serving::drive;
 use crate::state::State;
 use crate::workers::Workers;
@@ -68,7 +67,7 @@ pub(crate) async fn serve(state: Arc<State>, public: PublicListener, workers: Ar
                 let _ = tcp.set_nodelay(true);
                 let span = info_span!("http", %client, scheme);
                 let (state, tls) = (state.clone(), public.tls.clone());
-                workers.hand_over(tcp, move |tcp| {
+                workers.hand_over(tcp, move |tcp, _| {
                     serve_connection(state, tcp, client, tls).instrument(span)
                 });
             }
@@ -176,11 +175,14 @@ async fn serve_http<IO>(
                 .max_header_size(config.max_head_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(&state, connection, |c| c.as_mut().graceful_shutdown()).await
+            drive(&state.shutdown, &state.cut, connection, |c| {
+                c.as_mut().graceful_shutdown()
+            })
+            .await
         }
         Version::Http2 => {
             let transport = &state.config.transport;
-            let connection = hyper::server::conn::http2::Builder::new(Executor)
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(config.max_head_bytes as u32)
                 .max_concurrent_streams(config.max_streams)
@@ -190,7 +192,10 @@ async fn serve_http<IO>(
                 .keep_alive_interval(transport.keepalive_interval)
                 .keep_alive_timeout(transport.keepalive_timeout)
                 .serve_connection(io, service);
-            drive(&state, connection, |c| c.as_mut().graceful_shutdown()).await
+            drive(&state.shutdown, &state.cut, connection, |c| {
+                c.as_mut().graceful_shutdown()
+            })
+            .await
         }
     };
     if let Err(error) = result {

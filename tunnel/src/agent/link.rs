@@ -107,20 +107,18 @@ impl Registration {
     /// Opens a link: connects (unless a channel was given), says hello, and waits for the
     /// welcome. Cancelling `parent` ends the link.
     ///
-    /// Dialing by address, the control stream gets an HTTP/2 connection of its own, so that
-    /// dial notices never queue behind data frames; the data streams' connection opens at the
-    /// first dial, so an idle agent holds one connection.
+    /// The control stream and the data streams share one HTTP/2 connection, so the relay
+    /// serves all of an agent's calls on one thread. Its connection window is as large as
+    /// HTTP/2 allows, so streams that stall never hold up a dial notice.
     pub(super) async fn open(
         &self,
         parent: &CancellationToken,
     ) -> Result<(Arc<Link>, Streaming<OpenSessionResponse>), Error> {
-        let (control_channel, data_channel) = match &self.channel {
-            Some(channel) => (channel.clone(), channel.clone()),
-            None => (
-                self.relay.connect(&self.settings).await?,
-                self.relay.connect_lazy(&self.settings)?,
-            ),
+        let channel = match &self.channel {
+            Some(channel) => channel.clone(),
+            None => self.relay.connect(&self.settings).await?,
         };
+        let (control_channel, data_channel) = (channel.clone(), channel);
         let client = TunnelServiceClient::new(control_channel);
         let (control, queue) = mpsc::channel(CONTROL_QUEUE);
         let opening = hello(
