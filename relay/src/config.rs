@@ -1,11 +1,11 @@
-//! The relay's settings.
+//! The relay's settings: every one of them, so that the parts that read them depend on this
+//! module and on nothing else of the relay's.
 
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use sesame_tunnel::TransportSettings;
-
-pub use crate::auth::throttle::FailureBudget;
-pub use crate::http::HttpConfig;
 
 /// How a relay behaves. The defaults suit a relay on a trusted network.
 #[derive(Clone, Debug)]
@@ -62,4 +62,47 @@ impl Default for RelayConfig {
             worker_threads: 0,
         }
     }
+}
+
+/// Settings of the public HTTP listeners.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// How long a client may take to send a request head (and, for HTTPS, its TLS handshake)
+    /// before the connection is cut.
+    pub head_timeout: Duration,
+    /// The largest request head; larger ones get `431 Request Header Fields Too Large`.
+    pub max_head_bytes: usize,
+    /// The most concurrent requests on one HTTP/2 client connection.
+    pub max_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 64 << 10,
+            max_streams: 256,
+        }
+    }
+}
+
+/// How many failures an address may make at once, and how fast its allowance comes back.
+#[derive(Clone, Copy, Debug)]
+pub struct FailureBudget {
+    /// Failures allowed in a burst.
+    pub burst: u32,
+    /// One more failure is allowed after each period.
+    pub refill: Duration,
+}
+
+/// The TCP ports a relay may publish remotes' ports on.
+#[derive(Clone, Debug)]
+pub struct TcpPortRange {
+    /// The address to listen on.
+    pub bind: IpAddr,
+    /// The ports, for example `20000..=20999`.
+    pub ports: RangeInclusive<u16>,
+    /// The host clients connect to, as published in addresses (`host:port`).
+    pub public_host: String,
 }

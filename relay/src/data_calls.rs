@@ -81,11 +81,8 @@ pub(crate) struct WithDataCall<S, C> {
 
 impl<S, C> WithDataCall<S, C> {
     /// `service`, with its call `C::PATH` answered by `call`.
-    pub(crate) fn new(service: S, call: C) -> Self {
-        WithDataCall {
-            service,
-            call: Arc::new(call),
-        }
+    pub(crate) fn new(service: S, call: Arc<C>) -> Self {
+        WithDataCall { service, call }
     }
 }
 

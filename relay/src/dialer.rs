@@ -1,6 +1,7 @@
 //! `DialerService`: opening connections to the ports remotes expose.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use sesame_proto::v1::dialer_service_server::DialerService;
@@ -9,14 +10,16 @@ use sesame_tunnel::splice::ToDialer;
 use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Action;
-use crate::dial::dial;
-use crate::state::State;
+use crate::auth::{Action, Gate};
+use crate::sessions::{Dial, Sessions};
 use crate::{first_message, peer_of, port_number};
 
 /// Serves dialers.
 pub(crate) struct Dialer {
-    pub(crate) state: Arc<State>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) sessions: Arc<dyn Sessions>,
+    /// How long a dial may take to send its target.
+    pub(crate) handshake_timeout: Duration,
 }
 
 #[tonic::async_trait]
@@ -40,24 +43,28 @@ impl Dialer {
     where
         S: Stream<Item = Result<DialRequest, Status>> + Send + Unpin + 'static,
     {
-        let state = &self.state;
         let peer = peer_of(&request);
-        let caller = state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let mut requests = request.into_inner();
-        let target =
-            match first_message(&mut requests, state.config.handshake_timeout, "target").await? {
-                DialRequest {
-                    message: Some(dial_request::Message::Target(target)),
-                } => target,
-                _ => return Err(Error::protocol("a dial must begin with its target").into()),
-            };
+        let target = match first_message(&mut requests, self.handshake_timeout, "target").await? {
+            DialRequest {
+                message: Some(dial_request::Message::Target(target)),
+            } => target,
+            _ => return Err(Error::protocol("a dial must begin with its target").into()),
+        };
         let name = RemoteName::from_resource_name(&target.remote)?;
         let port = port_number(target.port).ok_or_else(|| {
             Status::invalid_argument(format!("port {} is not a valid port", target.port))
         })?;
         caller.check(Action::Dial(&name))?;
-        let ended = caller.ended().cloned();
-        let to_dialer = dial(state, &name, port, peer, Box::pin(requests), ended).await?;
+        let dial = Dial {
+            name,
+            port,
+            peer,
+            from_dialer: Box::pin(requests),
+            dialer_ended: caller.ended().cloned(),
+        };
+        let to_dialer = self.sessions.dial(dial).await?;
         Ok(Response::new(to_dialer))
     }
 }

@@ -10,12 +10,13 @@ use sesame_proto::v1::{ExposedPort, HttpEndpoint, HttpProtocol};
 use sesame_tunnel::{RemoteName, SessionId};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::AllowAll;
 use crate::config::RelayConfig;
 use crate::endpoints::{Endpoints, HttpSite};
+use crate::http::Front;
 use crate::http::headers::{add_forwarding, is_upgrade, remove_hop_by_hop};
 use crate::registry::MemoryRegistry;
-use crate::state::State;
+use crate::sessions::LocalSessions;
+use crate::shutdown::Shutdown;
 
 /// The domain of the virtual hosts [`HttpFront`] serves.
 pub const DOMAIN: &str = "relay.test";
@@ -31,7 +32,7 @@ const CLIENT: SocketAddr = SocketAddr::new(
 /// (both answer 502, as no agent holds them), `gone.relay.test` went offline, and any other
 /// name is unknown.
 pub struct HttpFront {
-    state: Arc<State>,
+    front: Arc<Front>,
 }
 
 impl Default for HttpFront {
@@ -40,13 +41,10 @@ impl Default for HttpFront {
             domain: DOMAIN.to_owned(),
             listeners: vec![("http", 80)],
         };
-        let state = Arc::new(State::new(
-            RelayConfig::default(),
-            Arc::new(MemoryRegistry::default()),
-            Arc::new(AllowAll),
-            None,
-            Endpoints::new(Some(site), None),
-        ));
+        let config = RelayConfig::default();
+        let registry = Arc::new(MemoryRegistry::default());
+        let limits = (&config).into();
+        let endpoints = Arc::new(Endpoints::new(Some(site), None));
         let session = SessionId::from_wire("fuzzing".to_owned());
         let routes = [
             ("h1", HttpProtocol::Http1, ""),
@@ -64,14 +62,22 @@ impl Default for HttpFront {
                 }),
                 tcp: None,
             };
-            state
-                .endpoints
-                .publish(&state, &name, &session, 80, &request)
+            endpoints
+                .publish(&name, &session, 80, &request)
                 .expect("a virtual host of a relay with a domain");
         }
         let gone = RemoteName::new("gone").expect("a valid name");
-        state.endpoints.withdraw(&gone, &session, 80);
-        HttpFront { state }
+        endpoints.withdraw(&gone, &session, 80);
+        let front = Front {
+            config: config.http,
+            transport: config.transport,
+            endpoints,
+            sessions: Arc::new(LocalSessions::new(registry, limits)),
+            shutdown: Shutdown::default(),
+        };
+        HttpFront {
+            front: Arc::new(front),
+        }
     }
 }
 
@@ -82,12 +88,12 @@ impl HttpFront {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        crate::http::serve_connection(self.state.clone(), io, CLIENT, None).await;
+        crate::http::serve_connection(self.front.clone(), io, CLIENT, None).await;
     }
 
     /// The remote a request's host names, as the proxy looks it up.
     pub fn remote_of(&self, host: &str) -> Option<RemoteName> {
-        self.state.endpoints.site.as_ref()?.remote_of(host)
+        self.front.endpoints.site.as_ref()?.remote_of(host)
     }
 }
 

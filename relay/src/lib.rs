@@ -43,8 +43,8 @@
 
 pub mod auth;
 pub mod config;
+mod control;
 mod data_calls;
-mod dial;
 mod dialer;
 mod endpoints;
 #[cfg(feature = "fuzzing")]
@@ -58,25 +58,34 @@ pub mod registry;
 mod remotes;
 mod server;
 mod serving;
-mod state;
+mod sessions;
+mod shutdown;
 pub mod tls;
 mod token_service;
 pub mod tokens;
 mod tunnel;
 mod workers;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use sesame_tunnel::{Error, format_duration};
 use tonic::{Request, Status};
 
-pub use config::{HttpConfig, RelayConfig};
-pub use endpoints::tcp::TcpPortRange;
+pub use config::{HttpConfig, RelayConfig, TcpPortRange};
 pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 pub use tokens::TokenStore;
 pub use workers::WorkerTasks;
+
+/// Locks `mutex`, even if a thread panicked while holding it: every lock in the relay guards
+/// state that each change leaves whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A port number from the wire: 1 to 65535.
 fn port_number(port: u32) -> Option<u16> {

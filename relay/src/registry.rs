@@ -88,10 +88,7 @@ pub struct MemoryRegistry {
 
 impl MemoryRegistry {
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<RemoteName, RemoteRecord>) -> T) -> T {
-        f(&mut self
-            .remotes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+        f(&mut crate::lock(&self.remotes))
     }
 }
 

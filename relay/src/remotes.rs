@@ -10,8 +10,8 @@ use sesame_proto::v1::{
 use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status};
 
-use crate::registry::RemoteRecord;
-use crate::state::State;
+use crate::auth::Gate;
+use crate::registry::{Registry, RemoteRecord};
 
 /// The page size when the caller asks for none.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -21,7 +21,8 @@ const MAX_PAGE_SIZE: usize = 1000;
 
 /// Serves the list of remotes.
 pub(crate) struct Remotes {
-    pub(crate) state: Arc<State>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) registry: Arc<dyn Registry>,
 }
 
 /// A registry record as the API shows it.
@@ -81,7 +82,7 @@ impl RemoteService for Remotes {
         &self,
         request: Request<GetRemoteRequest>,
     ) -> Result<Response<Remote>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let name = RemoteName::from_resource_name(&request.get_ref().name)?;
         let not_found = || Error::RemoteNotFound {
             name: name.to_string(),
@@ -90,12 +91,7 @@ impl RemoteService for Remotes {
         if !caller.may_see(&name) {
             return Err(not_found().into());
         }
-        let record = self
-            .state
-            .registry
-            .get(&name)
-            .await?
-            .ok_or_else(not_found)?;
+        let record = self.registry.get(&name).await?.ok_or_else(not_found)?;
         Ok(Response::new(to_proto(&record)))
     }
 
@@ -103,7 +99,7 @@ impl RemoteService for Remotes {
         &self,
         request: Request<ListRemotesRequest>,
     ) -> Result<Response<ListRemotesResponse>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let ListRemotesRequest {
             page_size,
             page_token,
@@ -118,11 +114,7 @@ impl RemoteService for Remotes {
             token => Some(decode_page_token(token)?),
         };
         // One more than the page tells whether another page follows.
-        let mut records = self
-            .state
-            .registry
-            .list(after.as_ref(), page_size + 1)
-            .await?;
+        let mut records = self.registry.list(after.as_ref(), page_size + 1).await?;
         let next_page_token = if records.len() > page_size {
             records.truncate(page_size);
             records

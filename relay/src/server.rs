@@ -12,35 +12,51 @@ use sesame_proto::v1::token_service_server::TokenServiceServer;
 use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
 use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
-use crate::auth::{AllowAll, Authorize};
-use crate::config::RelayConfig;
+use crate::auth::{AllowAll, Authorize, Gate};
+use crate::config::{RelayConfig, TcpPortRange};
 use crate::data_calls::WithDataCall;
 use crate::dialer::Dialer;
-use crate::endpoints::tcp::{TcpPortRange, TcpPorts};
+use crate::endpoints::tcp::{Carrier, TcpPorts};
 use crate::endpoints::{Endpoints, HttpSite};
 use crate::handshake::handshake;
-use crate::http::PublicListener;
+use crate::http::{Front, PublicListener};
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::Remotes;
 use crate::serving::{self, FLUSH_AFTER_CUT};
-use crate::state::State;
+use crate::sessions::{LocalSessions, Sessions};
+use crate::shutdown::Shutdown;
 use crate::token_service::Tokens;
 use crate::tokens::TokenStore;
 use crate::tunnel::Tunnel;
 use crate::workers::{WorkerTasks, Workers};
 
-/// A relay: serves `TunnelService`, `DialerService` and `RemoteService` on one listener, and
-/// the public endpoints it is given listeners for.
+/// A relay: serves `TunnelService`, `DialerService`, `RemoteService` and `TokenService` on
+/// one listener, and the public endpoints it is given listeners for.
 pub struct Relay {
-    state: Arc<State>,
+    config: Arc<RelayConfig>,
+    /// The four services.
+    routes: Routes,
+    /// The public HTTP listeners, and what serves them.
     public: Vec<PublicListener>,
+    front: Arc<Front>,
+    shutdown: Shutdown,
     workers: Arc<Workers>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .field("public_listeners", &self.public.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Configures a [`Relay`].
@@ -129,23 +145,78 @@ impl RelayBuilder {
                 })
                 .collect(),
         });
-        let endpoints = Endpoints::new(site, self.tcp_ports.map(TcpPorts::new));
-        let workers = Workers::start(self.config.worker_threads).unwrap_or_else(|error| {
+        let config = Arc::new(self.config);
+        let shutdown = Shutdown::default();
+        let limits = config.as_ref().into();
+        let sessions: Arc<dyn Sessions> =
+            Arc::new(LocalSessions::new(self.registry.clone(), limits));
+        let carrier = Carrier {
+            sessions: sessions.clone(),
+            transport: config.transport.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let tcp_ports = self
+            .tcp_ports
+            .map(|range| TcpPorts::new(range, carrier.clone()));
+        let endpoints = Arc::new(Endpoints::new(site, tcp_ports));
+        let gate = Arc::new(Gate::new(self.auth, config.failed_auth));
+        let tunnel = Tunnel {
+            config: config.clone(),
+            gate: gate.clone(),
+            registry: self.registry.clone(),
+            sessions: sessions.clone(),
+            endpoints: endpoints.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let dialer = Dialer {
+            gate: gate.clone(),
+            sessions: sessions.clone(),
+            handshake_timeout: config.handshake_timeout,
+        };
+        let remotes = Remotes {
+            gate: gate.clone(),
+            registry: self.registry,
+        };
+        let tokens = Tokens {
+            gate,
+            store: self.tokens,
+            sessions: sessions.clone(),
+        };
+        let front = Arc::new(Front {
+            config: config.http.clone(),
+            transport: config.transport.clone(),
+            endpoints,
+            sessions,
+            shutdown: shutdown.clone(),
+        });
+        let workers = Workers::start(config.worker_threads).unwrap_or_else(|error| {
             warn!(%error, "no worker threads: serving every connection on the relay's runtime");
             Workers::none()
         });
         Relay {
-            state: Arc::new(State::new(
-                self.config,
-                self.registry,
-                self.auth,
-                self.tokens,
-                endpoints,
-            )),
+            routes: routes(tunnel, dialer, remotes, tokens),
+            config,
             public: self.public,
+            front,
+            shutdown,
             workers: Arc::new(workers),
         }
     }
+}
+
+/// The relay's four services, the two calls that carry connections answered with the
+/// relay's own framing.
+fn routes(tunnel: Tunnel, dialer: Dialer, remotes: Remotes, tokens: Tokens) -> Routes {
+    let tunnel_service =
+        TunnelServiceServer::new(tunnel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let dialer = Arc::new(dialer);
+    let dialer_service =
+        DialerServiceServer::from_arc(dialer.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Routes::new(WithDataCall::new(tunnel_service, Arc::new(tunnel)))
+        .add_service(WithDataCall::new(dialer_service, dialer))
+        .add_service(RemoteServiceServer::new(remotes).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(TokenServiceServer::new(tokens).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .prepare()
 }
 
 impl Relay {
@@ -166,10 +237,9 @@ impl Relay {
     /// [`serve_with_incoming`](Self::serve_with_incoming) describes. Each connection is served
     /// on one of the [worker threads](RelayConfig::worker_threads), if there are any.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let accept = |state: Arc<State>, routes, workers: Arc<Workers>| async move {
+        let accept = |serving: Serving| async move {
             let prepare = |tcp| async { Some(tcp) };
-            let (config, stop) = (&state.config, &state.shutdown);
-            serving::serve_listener(config, stop, routes, listener, &workers, prepare).await;
+            serving.serve_listener(listener, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -183,14 +253,13 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) {
         let acceptor = TlsAcceptor::from(tls);
-        let accept = |state: Arc<State>, routes, workers: Arc<Workers>| async move {
-            let timeout = state.config.handshake_timeout;
+        let accept = |serving: Serving| async move {
+            let timeout = serving.config.handshake_timeout;
             let prepare = move |tcp| {
                 let acceptor = acceptor.clone();
                 async move { handshake(&acceptor, tcp, timeout).await }
             };
-            let (config, stop) = (&state.config, &state.shutdown);
-            serving::serve_listener(config, stop, routes, listener, &workers, prepare).await;
+            serving.serve_listener(listener, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -211,8 +280,14 @@ impl Relay {
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let accept = |state: Arc<State>, routes, _| async move {
-            serving::serve(&state.config, state.shutdown.clone(), routes, incoming).await;
+        let accept = |serving: Serving| async move {
+            let Serving {
+                config,
+                begun,
+                routes,
+                ..
+            } = serving;
+            serving::serve(&config, begun, routes, incoming).await;
         };
         self.run(accept, shutdown).await
     }
@@ -226,65 +301,42 @@ impl Relay {
     /// `shutdown` completes, then shuts down gracefully; stops the workers at the end.
     async fn run<A, F>(self, accept: A, shutdown: impl Future<Output = ()>)
     where
-        A: FnOnce(Arc<State>, Routes, Arc<Workers>) -> F,
+        A: FnOnce(Serving) -> F,
         F: Future<Output = ()>,
     {
         let Relay {
-            state,
+            config,
+            routes,
             public,
+            front,
+            shutdown: stages,
             workers,
         } = self;
         for public in public {
-            tokio::spawn(crate::http::serve(state.clone(), public, workers.clone()));
+            tokio::spawn(crate::http::serve(front.clone(), public, workers.clone()));
         }
-        let routes = Routes::new(WithDataCall::new(
-            TunnelServiceServer::new(Tunnel {
-                state: state.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Tunnel {
-                state: state.clone(),
-            },
-        ))
-        .add_service(WithDataCall::new(
-            DialerServiceServer::new(Dialer {
-                state: state.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Dialer {
-                state: state.clone(),
-            },
-        ))
-        .add_service(
-            RemoteServiceServer::new(Remotes {
-                state: state.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            TokenServiceServer::new(Tokens {
-                state: state.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .prepare();
-
-        let draining = state.shutdown.clone();
+        let draining = stages.begun.clone();
         let signal = async move {
             shutdown.await;
             info!("shutting down: draining agents");
             draining.cancel();
             std::future::pending::<Infallible>().await
         };
+        let serving = Serving {
+            config: config.clone(),
+            begun: stages.begun.clone(),
+            routes,
+            workers: workers.clone(),
+        };
         let server = async {
             tokio::select! {
-                () = accept(state.clone(), routes, workers.clone()) => {}
+                () = accept(serving) => {}
                 never = signal => match never {},
             }
         };
-        let grace = state.config.grace_period;
+        let grace = config.grace_period;
         let deadline = async {
-            state.shutdown.cancelled().await;
+            stages.begun.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         let mut server = pin!(server);
@@ -293,11 +345,33 @@ impl Relay {
             () = deadline => {
                 // Each connection's calls run in tasks of their own: end them explicitly, then
                 // give the connections a moment to send the calls' statuses and close.
-                state.cut.cancel();
+                stages.cut.cancel();
                 warn!("connections still open after the grace period were cut");
                 let _ = tokio::time::timeout(FLUSH_AFTER_CUT, server).await;
             }
         }
         workers.stop();
+    }
+}
+
+/// What serving the gRPC listener takes.
+struct Serving {
+    config: Arc<RelayConfig>,
+    /// Cancelled when the relay begins to shut down.
+    begun: CancellationToken,
+    routes: Routes,
+    workers: Arc<Workers>,
+}
+
+impl Serving {
+    /// Serves the connections of `listener`, each once `prepare` has made it ready.
+    async fn serve_listener<P, PF, IO>(self, listener: TcpListener, prepare: P)
+    where
+        P: Fn(TcpStream) -> PF + Clone + Send + 'static,
+        PF: Future<Output = Option<IO>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    {
+        let (config, begun) = (&self.config, &self.begun);
+        serving::serve_listener(config, begun, self.routes, listener, &self.workers, prepare).await;
     }
 }

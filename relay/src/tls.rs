@@ -165,10 +165,7 @@ impl ReloadingCertificate {
     /// Returns whether the certificate chain changed. On error the certificate being served
     /// stays, and nothing is logged: that is the caller's to do.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let mut last_read = self
-            .last_read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last_read = crate::lock(&self.last_read);
         *last_read = Stamps::of(&self.cert_path, &self.key_path);
         self.read_and_swap()
     }
@@ -294,10 +291,7 @@ impl ReloadingCertificate {
 
     /// Reloads if the files differ from when they were last read; `None` if they do not.
     fn reload_if_touched(&self) -> Option<Result<bool, TlsError>> {
-        let mut last_read = self
-            .last_read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last_read = crate::lock(&self.last_read);
         let now = Stamps::of(&self.cert_path, &self.key_path);
         if now == *last_read {
             return None;

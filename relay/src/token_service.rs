@@ -11,25 +11,29 @@ use sesame_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::auth::{Action, Scope};
-use crate::state::State;
+use crate::auth::{Action, Gate, Scope};
+use crate::sessions::Sessions;
 use crate::tokens::{TokenInfo, TokenStore};
 
 /// Serves token management.
 pub(crate) struct Tokens {
-    pub(crate) state: Arc<State>,
+    pub(crate) gate: Arc<Gate>,
+    /// The token store, when the relay checks tokens.
+    pub(crate) store: Option<Arc<TokenStore>>,
+    /// Who holds which remotes now.
+    pub(crate) sessions: Arc<dyn Sessions>,
 }
 
 impl Tokens {
     fn store(&self) -> Result<&Arc<TokenStore>, Status> {
-        self.state.tokens.as_ref().ok_or_else(|| {
+        self.store.as_ref().ok_or_else(|| {
             Status::unimplemented("this relay keeps no tokens: it lets every caller in")
         })
     }
 
     /// The live remotes of a token.
     fn to_proto(&self, info: TokenInfo) -> Token {
-        let live_remotes = self.state.remotes_held(&info.id);
+        let live_remotes = self.sessions.remotes_held(&info.id);
         let timestamp = |time: Option<SystemTime>| time.map(prost_types::Timestamp::from);
         Token {
             name: format!("tokens/{}", info.id),
@@ -58,7 +62,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         caller.check(Action::Admin)?;
         let CreateTokenRequest { scopes, label, ttl } = request.into_inner();
         let scopes = scopes
@@ -87,7 +91,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        self.state.authenticate(&request)?.check(Action::Admin)?;
+        self.gate.authenticate(&request)?.check(Action::Admin)?;
         let mut tokens = self.store()?.list();
         tokens.sort_by_key(|info| info.created);
         Ok(Response::new(ListTokensResponse {
@@ -99,7 +103,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         caller.check(Action::Admin)?;
         let id = token_id(&request.get_ref().name)?;
         let info = self.store()?.revoke(id)?;
@@ -111,7 +115,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<GetCallerTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let caller = self.state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let store = self.store()?;
         let id = caller
             .token()

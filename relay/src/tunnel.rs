@@ -1,4 +1,5 @@
-//! `TunnelService`: agent sessions and the data streams they accept dials with.
+//! `TunnelService`: agent sessions and the data streams they accept dials with. What a
+//! session's control messages mean is decided in `control`; this module runs the calls.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -8,9 +9,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::{Stream, StreamExt, stream};
 use sesame_proto::v1::tunnel_service_server::TunnelService;
 use sesame_proto::v1::{
-    AcceptConnectionRequest, DialFailure, Drain, ExposeFailure, OpenSessionRequest,
-    OpenSessionResponse, PortExposed, Settings, Welcome, accept_connection_request,
-    open_session_request, open_session_response,
+    AcceptConnectionRequest, Drain, OpenSessionRequest, OpenSessionResponse, Settings, Welcome,
+    accept_connection_request, open_session_request, open_session_response,
 };
 use sesame_tunnel::handshake::accept_hello;
 use sesame_tunnel::settings::MAX_CHUNK_BYTES;
@@ -23,21 +23,25 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::{Action, Caller};
-use crate::registry::{PublicEndpoints, RemoteRecord};
+use crate::auth::{Action as Permission, Caller, Gate};
+use crate::config::RelayConfig;
+use crate::control::{Action, Control};
+use crate::endpoints::Endpoints;
+use crate::registry::{Registry, RemoteRecord};
 use crate::remotes::to_proto;
-use crate::state::{SessionLink, State};
-use crate::{first_message, peer_of, port_number};
-
-/// The longest message of a dial failure the relay passes on to the dialer.
-const MAX_FAILURE_MESSAGE: usize = 1024;
-
-/// The most bytes of error details (such as a reason) of a dial failure the relay passes on.
-const MAX_FAILURE_DETAILS: usize = 4096;
+use crate::sessions::{SessionLink, Sessions};
+use crate::shutdown::Shutdown;
+use crate::{first_message, peer_of};
 
 /// Serves agents.
+#[derive(Clone)]
 pub(crate) struct Tunnel {
-    pub(crate) state: Arc<State>,
+    pub(crate) config: Arc<RelayConfig>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) sessions: Arc<dyn Sessions>,
+    pub(crate) endpoints: Arc<Endpoints>,
+    pub(crate) shutdown: Shutdown,
 }
 
 type ControlSender = mpsc::Sender<Result<OpenSessionResponse, Status>>;
@@ -58,26 +62,36 @@ impl TunnelService for Tunnel {
         &self,
         request: Request<Streaming<OpenSessionRequest>>,
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
-        let state = &self.state;
         let peer = peer_of(&request);
-        let caller = state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let mut requests = request.into_inner();
-        let hello =
-            match first_message(&mut requests, state.config.handshake_timeout, "hello").await? {
-                OpenSessionRequest {
-                    message: Some(open_session_request::Message::Hello(hello)),
-                } => hello,
-                _ => return Err(Error::protocol("a session must begin with a hello").into()),
-            };
+        let timeout = self.config.handshake_timeout;
+        let hello = match first_message(&mut requests, timeout, "hello").await? {
+            OpenSessionRequest {
+                message: Some(open_session_request::Message::Hello(hello)),
+            } => hello,
+            _ => return Err(Error::protocol("a session must begin with a hello").into()),
+        };
         let hello = accept_hello(hello)?;
-        caller.check(Action::Register(&hello.name))?;
-        state.auth.claim_name(&caller, &hello.name)?;
-        if state.shutdown.is_cancelled() {
+        caller.check(Permission::Register(&hello.name))?;
+        self.gate.claim_name(&caller, &hello.name)?;
+        if self.shutdown.begun.is_cancelled() {
             return Err(Status::unavailable("the relay is shutting down"));
         }
 
         let session = SessionId::generate();
-        let holding = state.hold(&caller, &hello.name, &session)?;
+        let (control, queue) = mpsc::channel(self.config.control_queue.max(1));
+        let replaced = CancellationToken::new();
+        let link = SessionLink {
+            control: control.clone(),
+            chunk_limit: hello.chunk_limit,
+            replaced: replaced.clone(),
+            owner: caller.token().map(str::to_owned),
+            connections: Arc::default(),
+        };
+        let attached = self
+            .sessions
+            .attach(&caller, &hello.name, session.clone(), link)?;
         let record = RemoteRecord {
             name: hello.name.clone(),
             session: session.clone(),
@@ -87,12 +101,11 @@ impl TunnelService for Tunnel {
             agent_key: hello.agent_key,
             owner: caller.token().map(str::to_owned),
         };
-        if let Some(stale) = state.registry.claim(record.clone()).await? {
+        if let Some(stale) = self.registry.claim(record.clone()).await? {
             // The same agent is back before its old session was noticed dead: end that one.
-            state.replace_session(&stale);
+            self.sessions.replace(&stale);
         }
 
-        let (control, queue) = mpsc::channel(state.config.control_queue.max(1));
         // The session's last words (a drain notice, the reason it ended) come after the queue,
         // so a full queue cannot lose them; whatever is still queued then is dropped.
         let ended = CancellationToken::new();
@@ -106,8 +119,8 @@ impl TunnelService for Tunnel {
             remote: Some(to_proto(&record)),
             settings: Some(Settings {
                 max_chunk_bytes: MAX_CHUNK_BYTES as u32,
-                dial_timeout: prost_types::Duration::try_from(state.config.dial_timeout).ok(),
-                heartbeat_interval: prost_types::Duration::try_from(heartbeat_interval(state)).ok(),
+                dial_timeout: prost_types::Duration::try_from(self.config.dial_timeout).ok(),
+                heartbeat_interval: prost_types::Duration::try_from(self.heartbeat_interval()).ok(),
             }),
         };
         control
@@ -115,24 +128,15 @@ impl TunnelService for Tunnel {
                 welcome,
             ))))
             .expect("a new queue has room");
-        let replaced = CancellationToken::new();
-        state.add_session(
-            session.clone(),
-            SessionLink {
-                control: control.clone(),
-                chunk_limit: hello.chunk_limit,
-                replaced: replaced.clone(),
-                owner: caller.token().map(str::to_owned),
-                connections: Arc::default(),
-            },
-        );
         let span = info_span!("session", remote = %hello.name, %session);
         span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
-        let session = run_session(state.clone(), record, requests, control, replaced, caller);
+        let running = self
+            .clone()
+            .run_session(record, requests, control, replaced, caller);
         tokio::spawn(
             async move {
-                let words = session.await;
-                drop(holding);
+                let words = running.await;
+                drop(attached);
                 let _ = last_words.send(words);
                 ended.cancel();
             }
@@ -156,16 +160,15 @@ impl Tunnel {
     where
         S: Stream<Item = Result<AcceptConnectionRequest, Status>> + Send + Unpin + 'static,
     {
-        let state = &self.state;
-        let caller = state.authenticate(&request)?;
+        let caller = self.gate.authenticate(&request)?;
         let mut requests = request.into_inner();
-        let presented =
-            match first_message(&mut requests, state.config.handshake_timeout, "ticket").await? {
-                AcceptConnectionRequest {
-                    message: Some(accept_connection_request::Message::Ticket(ticket)),
-                } => ticket,
-                _ => return Err(Error::protocol("a data stream must begin with its ticket").into()),
-            };
+        let timeout = self.config.handshake_timeout;
+        let presented = match first_message(&mut requests, timeout, "ticket").await? {
+            AcceptConnectionRequest {
+                message: Some(accept_connection_request::Message::Ticket(ticket)),
+            } => ticket,
+            _ => return Err(Error::protocol("a data stream must begin with its ticket").into()),
+        };
         let unknown = || {
             Status::not_found(
                 "no dial waits for this ticket: it expired, was used, or belongs to another session",
@@ -174,12 +177,17 @@ impl Tunnel {
         let ticket = Ticket::from_bytes(&presented.ticket).ok_or_else(unknown)?;
         let session = SessionId::from_wire(presented.session_id);
         // A ticket is good only on its own session, presented with the session's own token.
-        let link = state.session(&session).ok_or_else(unknown)?;
+        let link = self.sessions.get(&session).ok_or_else(unknown)?;
         if link.owner.as_deref() != caller.token() {
             return Err(unknown());
         }
-        let dial = state.take_dial(&ticket, &session).ok_or_else(unknown)?;
-        let (cut, cut_guard) = state.connection_cut(caller.ended(), dial.dialer_ended.as_ref());
+        let dial = self
+            .sessions
+            .take_dial(&ticket, &session)
+            .ok_or_else(unknown)?;
+        let (cut, cut_guard) = self
+            .shutdown
+            .connection_cut(caller.ended(), dial.dialer_ended.as_ref());
         let (to_dialer, to_agent) = splice(dial.from_dialer, requests, link.chunk_limit, &cut);
         // The slot is given back, and the cut's watcher stopped, when both halves of the
         // connection are gone.
@@ -196,193 +204,127 @@ impl Tunnel {
         })?;
         Ok(Response::new(to_agent))
     }
-}
 
-/// How often agents should send heartbeats: three within the time a silent agent is given.
-fn heartbeat_interval(state: &State) -> Duration {
-    state.config.transport.dead_peer_timeout() / 3
-}
-
-/// Runs one session's control stream until the agent leaves, goes silent, is replaced by a
-/// new session of its own, or the relay shuts down; then forgets the remote. Returns the
-/// session's last messages for the agent.
-async fn run_session(
-    state: Arc<State>,
-    record: RemoteRecord,
-    mut requests: Streaming<OpenSessionRequest>,
-    control: ControlSender,
-    replaced: CancellationToken,
-    caller: Caller,
-) -> Vec<Result<OpenSessionResponse, Status>> {
-    let token_ended = caller.ended().cloned().unwrap_or_default();
-    let mut ports = BTreeMap::new();
-    let silence = state.config.transport.dead_peer_timeout();
-    let quiet = tokio::time::sleep(silence);
-    tokio::pin!(quiet);
-    let (reason, last_words) = loop {
-        let message = tokio::select! {
-            _ = state.shutdown.cancelled() => {
-                let grace = prost_types::Duration::try_from(state.config.grace_period).ok();
-                let drain = response(open_session_response::Message::Drain(Drain { grace_period: grace }));
-                let closing = Status::unavailable("the relay is shutting down");
-                break ("the relay is shutting down".to_owned(), vec![Ok(drain), Err(closing)]);
-            }
-            () = token_ended.cancelled() => {
-                let reason = "the session's token was revoked or expired";
-                break (reason.to_owned(), vec![Err(Status::unauthenticated(reason))]);
-            }
-            _ = replaced.cancelled() => {
-                let reason = "a new session of the same agent replaced it";
-                break (reason.to_owned(), vec![Err(Status::aborted(reason))]);
-            }
-            () = &mut quiet => {
-                let reason = format!("the agent went silent for {}", format_duration(silence));
-                break (reason.clone(), vec![Err(Status::unavailable(reason))]);
-            }
-            message = requests.message() => message,
-        };
-        quiet.as_mut().reset(Instant::now() + silence);
-        let message = match message {
-            Ok(Some(message)) => message,
-            Ok(None) => break ("the agent closed the session".to_owned(), Vec::new()),
-            Err(status) => {
-                break (
-                    format!("the agent went away: {}", status.message()),
-                    Vec::new(),
-                );
-            }
-        };
-        if let Err(error) = handle(&state, &record, &mut ports, message, &control).await {
-            warn!(%error, "ending the session");
-            break (error.to_string(), vec![Err(error.to_status())]);
-        }
-    };
-    info!(%reason, "remote disconnected");
-    state.remove_session(&record.session);
-    state
-        .endpoints
-        .withdraw_session(&record.name, &record.session);
-    if let Err(error) = state.registry.release(&record.name, &record.session).await {
-        warn!(%error, "could not release the remote's name");
+    /// How often agents should send heartbeats: three within the time a silent agent is given.
+    fn heartbeat_interval(&self) -> Duration {
+        self.config.transport.dead_peer_timeout() / 3
     }
-    last_words
-}
 
-/// Acts on one control message from an agent.
-async fn handle(
-    state: &Arc<State>,
-    record: &RemoteRecord,
-    ports: &mut BTreeMap<u16, PublicEndpoints>,
-    message: OpenSessionRequest,
-    control: &ControlSender,
-) -> Result<(), Error> {
-    use open_session_request::Message;
-    match message.message {
-        Some(Message::ExposePort(expose)) => {
-            let request = expose.port.unwrap_or_default();
-            let port = valid_port(request.port)?;
-            let published =
-                state
-                    .endpoints
-                    .publish(state, &record.name, &record.session, port, &request);
-            let answer = match published {
-                Ok((confirmed, public)) => {
-                    ports.insert(port, public);
-                    state
-                        .registry
-                        .set_ports(&record.name, &record.session, ports.clone())
-                        .await?;
-                    debug!(port, "port exposed");
-                    open_session_response::Message::PortExposed(PortExposed {
-                        port: Some(confirmed),
-                    })
+    /// Runs one session's control stream until the agent leaves, goes silent, is replaced by
+    /// a new session of its own, or the relay shuts down; then forgets the remote. Returns the
+    /// session's last messages for the agent.
+    async fn run_session(
+        self,
+        record: RemoteRecord,
+        mut requests: Streaming<OpenSessionRequest>,
+        control: ControlSender,
+        replaced: CancellationToken,
+        caller: Caller,
+    ) -> Vec<Result<OpenSessionResponse, Status>> {
+        let token_ended = caller.ended().cloned().unwrap_or_default();
+        let mut state = Control::default();
+        let silence = self.config.transport.dead_peer_timeout();
+        let quiet = tokio::time::sleep(silence);
+        tokio::pin!(quiet);
+        let (reason, last_words) = loop {
+            let message = tokio::select! {
+                _ = self.shutdown.begun.cancelled() => {
+                    let grace = prost_types::Duration::try_from(self.config.grace_period).ok();
+                    let drain = response(open_session_response::Message::Drain(Drain { grace_period: grace }));
+                    let closing = Status::unavailable("the relay is shutting down");
+                    break ("the relay is shutting down".to_owned(), vec![Ok(drain), Err(closing)]);
                 }
-                Err(refusal) => {
-                    debug!(port, reason = refusal.message(), "port refused");
-                    let status = Error::Status(refusal).to_rpc_status();
-                    open_session_response::Message::ExposeFailure(ExposeFailure {
-                        port: u32::from(port),
-                        status: Some(status),
-                    })
+                () = token_ended.cancelled() => {
+                    let reason = "the session's token was revoked or expired";
+                    break (reason.to_owned(), vec![Err(Status::unauthenticated(reason))]);
+                }
+                _ = replaced.cancelled() => {
+                    let reason = "a new session of the same agent replaced it";
+                    break (reason.to_owned(), vec![Err(Status::aborted(reason))]);
+                }
+                () = &mut quiet => {
+                    let reason = format!("the agent went silent for {}", format_duration(silence));
+                    break (reason.clone(), vec![Err(Status::unavailable(reason))]);
+                }
+                message = requests.message() => message,
+            };
+            quiet.as_mut().reset(Instant::now() + silence);
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break ("the agent closed the session".to_owned(), Vec::new()),
+                Err(status) => {
+                    break (
+                        format!("the agent went away: {}", status.message()),
+                        Vec::new(),
+                    );
                 }
             };
-            let confirmation = response(answer);
-            // Never wait on the agent here: this loop also serves its dial failures.
-            control.try_send(Ok(confirmation)).map_err(|_| {
-                Error::Status(Status::resource_exhausted(
-                    "the agent does not read its control stream",
-                ))
-            })?;
+            let done = match state.on_message(message) {
+                Ok(actions) => self.carry_out(&record, &mut state, actions, &control).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = done {
+                warn!(%error, "ending the session");
+                break (error.to_string(), vec![Err(error.to_status())]);
+            }
+        };
+        info!(%reason, "remote disconnected");
+        self.endpoints
+            .withdraw_session(&record.name, &record.session);
+        if let Err(error) = self.registry.release(&record.name, &record.session).await {
+            warn!(error = %error, "could not release the remote's name");
         }
-        Some(Message::UnexposePort(unexpose)) => {
-            let port = valid_port(unexpose.port)?;
-            state
-                .endpoints
-                .withdraw(&record.name, &record.session, port);
-            if ports.remove(&port).is_some() {
-                state
-                    .registry
-                    .set_ports(&record.name, &record.session, ports.clone())
-                    .await?;
-                debug!(port, "port withdrawn");
+        last_words
+    }
+
+    /// Carries out what the session's control state decided, and what follows from it.
+    async fn carry_out(
+        &self,
+        record: &RemoteRecord,
+        state: &mut Control,
+        actions: Vec<Action>,
+        control: &ControlSender,
+    ) -> Result<(), Error> {
+        let mut actions = std::collections::VecDeque::from(actions);
+        // Each Publish adds at most two actions that add none: this ends.
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Publish { port, request } => {
+                    let (name, session) = (&record.name, &record.session);
+                    let outcome = self.endpoints.publish(name, session, port, &request);
+                    match &outcome {
+                        Ok(_) => debug!(port, "port exposed"),
+                        Err(refusal) => debug!(port, reason = refusal.message(), "port refused"),
+                    }
+                    actions.extend(state.published(port, outcome));
+                }
+                Action::Withdraw { port } => {
+                    let (name, session) = (&record.name, &record.session);
+                    self.endpoints.withdraw(name, session, port);
+                }
+                Action::SavePorts(ports) => {
+                    let (name, session) = (&record.name, &record.session);
+                    self.registry.set_ports(name, session, ports).await?;
+                }
+                Action::Send(message) => {
+                    // Never wait on the agent here: this loop also serves its dial failures.
+                    control.try_send(Ok(response(message))).map_err(|_| {
+                        Error::Status(Status::resource_exhausted(
+                            "the agent does not read its control stream",
+                        ))
+                    })?;
+                }
+                Action::SendIfRoom(message) => {
+                    let _ = control.try_send(Ok(response(message)));
+                }
+                Action::FailDial { ticket, status } => {
+                    // Already answered, timed out, or never ours: then nothing waits for it.
+                    if let Some(dial) = self.sessions.take_dial(&ticket, &record.session) {
+                        let _ = dial.reply.send(Err(status));
+                    }
+                }
             }
         }
-        Some(Message::DialFailure(failure)) => fail_dial(state, &record.session, failure),
-        Some(Message::Heartbeat(heartbeat)) => {
-            // A full queue means the agent is not reading: its own silence timer will tell.
-            let _ = control.try_send(Ok(response(open_session_response::Message::Heartbeat(
-                heartbeat,
-            ))));
-        }
-        Some(Message::Hello(_)) => return Err(Error::protocol("a second hello")),
-        None => return Err(Error::protocol("an empty control message")),
+        Ok(())
     }
-    Ok(())
-}
-
-fn valid_port(port: u32) -> Result<u16, Error> {
-    port_number(port).ok_or_else(|| Error::protocol(format!("port {port} is not a valid port")))
-}
-
-/// Passes an agent's refusal of a dial on to the dialer waiting for it.
-fn fail_dial(state: &State, session: &SessionId, failure: DialFailure) {
-    let Some(ticket) = Ticket::from_bytes(&failure.ticket) else {
-        return;
-    };
-    let Some(dial) = state.take_dial(&ticket, session) else {
-        // Already answered, timed out, or never ours: nothing waits for it.
-        return;
-    };
-    let _ = dial.reply.send(Err(status_from_agent(failure.status)));
-}
-
-/// A status an agent reported, made safe to pass on: a real error code and a bounded message.
-fn status_from_agent(status: Option<sesame_proto::RpcStatus>) -> Status {
-    let Some(status) = status else {
-        return Status::unknown("the remote refused the connection without a reason");
-    };
-    let code = match tonic::Code::from_i32(status.code) {
-        tonic::Code::Ok => tonic::Code::Unknown,
-        code => code,
-    };
-    let message: String = status.message.chars().take(MAX_FAILURE_MESSAGE).collect();
-    let details_len: usize = status
-        .details
-        .iter()
-        .map(|any| any.value.len() + any.type_url.len())
-        .sum();
-    let details = sesame_proto::RpcStatus {
-        code: code as i32,
-        message: message.clone(),
-        details: if details_len <= MAX_FAILURE_DETAILS {
-            status.details
-        } else {
-            Vec::new()
-        },
-    };
-    Status::with_details(
-        code,
-        message,
-        prost::Message::encode_to_vec(&details).into(),
-    )
 }

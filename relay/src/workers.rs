@@ -144,12 +144,13 @@ mod tests {
     use super::*;
 
     /// Hands `count` connections to `workers`; each reports the threads its serving task and
-    /// a task that one starts ran on, and echoes a byte. Returns the reports.
+    /// a task that one starts ran on, and echoes a byte. Returns the reports, in the order
+    /// the connections were handed over.
     async fn hand_over(workers: &Workers, count: usize) -> Vec<(ThreadId, ThreadId)> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (report, mut reports) = mpsc::unbounded_channel();
-        for _ in 0..count {
+        for index in 0..count {
             let mut client = TcpStream::connect(addr).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
             let report = report.clone();
@@ -159,7 +160,7 @@ mod tests {
                 let mut byte = [0];
                 server.read_exact(&mut byte).await.unwrap();
                 server.write_all(&byte).await.unwrap();
-                report.send((here, spawned.await.unwrap())).unwrap();
+                report.send((index, here, spawned.await.unwrap())).unwrap();
             });
             client.write_all(&[7]).await.unwrap();
             let mut byte = [0];
@@ -170,7 +171,11 @@ mod tests {
         for _ in 0..count {
             all.push(reports.recv().await.unwrap());
         }
-        all
+        // Each connection reports when it is done, which need not be in turn.
+        all.sort_by_key(|(index, _, _)| *index);
+        all.into_iter()
+            .map(|(_, here, spawned)| (here, spawned))
+            .collect()
     }
 
     #[tokio::test]

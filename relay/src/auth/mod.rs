@@ -3,10 +3,12 @@
 //!
 //! [`Authorize`] is the pluggable part: [`TokenStore`](crate::tokens::TokenStore) checks
 //! bearer tokens; [`AllowAll`] lets everyone in, for a relay embedded where only trusted code
-//! reaches it.
+//! reaches it. [`Gate`] runs the check, and refuses addresses that failed too often
+//! (`throttle`).
 
+mod gate;
 mod scope;
-pub(crate) mod throttle;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+pub(crate) use gate::Gate;
 pub use scope::{Pattern, Scope};
 
 /// What a call asks the relay to do.

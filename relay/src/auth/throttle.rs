@@ -9,18 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::config::FailureBudget;
+
 /// The most addresses tracked at once; beyond it, addresses back to a full allowance are
 /// forgotten first.
 const MAX_TRACKED: usize = 65_536;
-
-/// How many failures an address may make at once, and how fast its allowance comes back.
-#[derive(Clone, Copy, Debug)]
-pub struct FailureBudget {
-    /// Failures allowed in a burst.
-    pub burst: u32,
-    /// One more failure is allowed after each period.
-    pub refill: Duration,
-}
 
 /// Counts failed authentications per address, as a token bucket per address.
 #[derive(Debug)]
@@ -53,10 +46,7 @@ impl FailedAuthLimiter {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<IpAddr, Bucket>) -> T) -> T {
-        f(&mut self
-            .addresses
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut crate::lock(&self.addresses))
     }
 
     /// `RESOURCE_EXHAUSTED` if `address` has used up its failures and must wait.

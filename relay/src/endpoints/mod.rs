@@ -10,12 +10,13 @@
 pub(crate) mod tcp;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use sesame_proto::v1::{ExposedPort, HttpEndpoint, HttpProtocol, TcpEndpoint};
 use sesame_tunnel::{RemoteName, SessionId};
 use tonic::Status;
 
+use crate::lock;
 use crate::registry::PublicEndpoints;
 use tcp::TcpPorts;
 
@@ -111,12 +112,6 @@ impl Hosts {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Endpoints {
     pub(crate) fn new(site: Option<HttpSite>, tcp: Option<TcpPorts>) -> Self {
         Endpoints {
@@ -141,7 +136,6 @@ impl Endpoints {
     /// changes; what the port had before stays.
     pub(crate) fn publish(
         &self,
-        state: &std::sync::Arc<crate::state::State>,
         name: &RemoteName,
         session: &SessionId,
         port: u16,
@@ -159,7 +153,7 @@ impl Endpoints {
                         "this relay publishes no TCP ports (it runs without --tcp-ports)",
                     )
                 })?;
-                Some(ports.open(state, name, session, port, tcp)?)
+                Some(ports.open(name, session, port, tcp)?)
             }
         };
         let mut hosts = lock(&self.hosts);

@@ -7,32 +7,22 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use sesame_proto::v1::TcpEndpoint;
-use sesame_tunnel::{Connection, RemoteName, SessionId, io_reason, join_tcp};
+use sesame_tunnel::{Connection, RemoteName, SessionId, TransportSettings, io_reason, join_tcp};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::dial::dial_local;
+use crate::config::TcpPortRange;
+use crate::lock;
 use crate::proxy_protocol::v2_header;
-use crate::state::State;
-
-/// The TCP ports a relay may publish remotes' ports on.
-#[derive(Clone, Debug)]
-pub struct TcpPortRange {
-    /// The address to listen on.
-    pub bind: IpAddr,
-    /// The ports, for example `20000..=20999`.
-    pub ports: RangeInclusive<u16>,
-    /// The host clients connect to, as published in addresses (`host:port`).
-    pub public_host: String,
-}
+use crate::sessions::{Sessions, dial_local};
+use crate::shutdown::Shutdown;
 
 /// A port opened for a remote.
 pub(crate) struct OpenedPort {
@@ -44,7 +34,20 @@ pub(crate) struct OpenedPort {
 /// The relay's TCP ports and who holds them.
 pub(crate) struct TcpPorts {
     range: TcpPortRange,
-    table: Mutex<Table>,
+    table: Arc<Mutex<Table>>,
+    /// What carries the ports' connections.
+    carrier: Carrier,
+}
+
+/// What a TCP port's connections need: the sessions to dial, and when to stop.
+#[derive(Clone)]
+pub(crate) struct Carrier {
+    /// Where connections are dialed.
+    pub(crate) sessions: Arc<dyn Sessions>,
+    /// The HTTP/2 settings of the connections dialed from inside the relay.
+    pub(crate) transport: TransportSettings,
+    /// The relay's shutdown: ports stop accepting when it begins, connections end at the cut.
+    pub(crate) shutdown: Shutdown,
 }
 
 #[derive(Default)]
@@ -65,17 +68,12 @@ struct Holder {
     stop: CancellationToken,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl TcpPorts {
-    pub(crate) fn new(range: TcpPortRange) -> Self {
+    pub(crate) fn new(range: TcpPortRange, carrier: Carrier) -> Self {
         TcpPorts {
             range,
-            table: Mutex::default(),
+            table: Arc::default(),
+            carrier,
         }
     }
 
@@ -95,7 +93,6 @@ impl TcpPorts {
     /// Opens a port for `remote_port` of `name` (held by `session`), as `request` asks.
     pub(crate) fn open(
         &self,
-        state: &Arc<State>,
         name: &RemoteName,
         session: &SessionId,
         remote_port: u16,
@@ -168,7 +165,8 @@ impl TcpPorts {
         table.open.insert(port, holder.clone());
         drop(table);
         let span = info_span!("tcp", port, remote = %name);
-        let accepting = accept(state.clone(), port, listener, holder.stop);
+        let table = self.table.clone();
+        let accepting = accept(self.carrier.clone(), table, port, listener, holder.stop);
         tokio::spawn(accepting.instrument(span));
         info!(port, remote = %name, remote_port, "TCP port opened");
         Ok(self.opened(port, request.proxy_protocol))
@@ -232,26 +230,40 @@ impl TcpPorts {
             true
         });
     }
+}
 
-    /// Who holds `port` now: the remote, its port, and whether to send a PROXY header.
-    fn holder(&self, port: u16) -> Option<(RemoteName, u16, bool)> {
-        let table = lock(&self.table);
-        let held = table.open.get(&port)?;
-        Some((held.name.clone(), held.remote_port, held.proxy_protocol))
-    }
+/// Who holds `port` now: the remote, its port, and whether to send a PROXY header.
+fn holder(table: &Mutex<Table>, port: u16) -> Option<(RemoteName, u16, bool)> {
+    let table = lock(table);
+    let held = table.open.get(&port)?;
+    Some((held.name.clone(), held.remote_port, held.proxy_protocol))
 }
 
 /// Accepts connections on a public TCP port until it is closed or the relay shuts down.
-async fn accept(state: Arc<State>, port: u16, listener: TcpListener, stop: CancellationToken) {
+async fn accept(
+    carrier: Carrier,
+    table: Arc<Mutex<Table>>,
+    port: u16,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            () = state.shutdown.cancelled() => return,
+            () = carrier.shutdown.begun.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((client, peer)) => {
-                tokio::spawn(carry(state.clone(), port, client, peer).in_current_span());
+                let Some((name, remote_port, proxy_protocol)) = holder(&table, port) else {
+                    continue;
+                };
+                let target = Target {
+                    name,
+                    remote_port,
+                    proxy_protocol,
+                };
+                tokio::spawn(carry(carrier.clone(), target, client, peer).in_current_span());
             }
             // Out of file descriptors and the like: the next accept may succeed.
             Err(error) => warn!(error = %io_reason(&error), "accepting a connection failed"),
@@ -259,16 +271,19 @@ async fn accept(state: Arc<State>, port: u16, listener: TcpListener, stop: Cance
     }
 }
 
+/// Where a public TCP port's connections go.
+struct Target {
+    name: RemoteName,
+    remote_port: u16,
+    proxy_protocol: bool,
+}
+
 /// Carries one client connection of a public TCP port to the remote that holds it.
-async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr) {
-    let Some(tcp) = &state.endpoints.tcp else {
-        return;
-    };
-    let Some((name, remote_port, proxy_protocol)) = tcp.holder(port) else {
-        return;
-    };
+async fn carry(carrier: Carrier, target: Target, client: TcpStream, peer: SocketAddr) {
     let local = client.local_addr().ok();
-    let conn = match dial_local(&state, &name, remote_port, peer.to_string()).await {
+    let (sessions, transport) = (&*carrier.sessions, &carrier.transport);
+    let (name, port) = (&target.name, target.remote_port);
+    let conn = match dial_local(sessions, transport, name, port, peer.to_string()).await {
         Ok(conn) => conn,
         Err(status) => {
             debug!(%peer, error = status.message(), "a public connection could not be carried");
@@ -278,12 +293,13 @@ async fn carry(state: Arc<State>, port: u16, client: TcpStream, peer: SocketAddr
             return;
         }
     };
-    join(state, client, peer, local, conn, proxy_protocol).await;
+    let cut = &carrier.shutdown.cut;
+    join(cut, client, peer, local, conn, target.proxy_protocol).await;
 }
 
 /// Carries `client` (from `peer`, on `local`) over `conn`, after a PROXY header if asked.
 async fn join(
-    state: Arc<State>,
+    cut: &CancellationToken,
     client: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -303,6 +319,6 @@ async fn join(
                 debug!(%peer, error = %io_reason(&error), "a public connection failed");
             }
         }
-        () = state.cut.cancelled() => {}
+        () = cut.cancelled() => {}
     }
 }

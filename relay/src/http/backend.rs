@@ -8,7 +8,7 @@
 //! connection's requests at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,8 +19,9 @@ use sesame_tunnel::RemoteName;
 use tonic::Status;
 use tracing::debug;
 
-use crate::dial::dial_local;
-use crate::state::State;
+use super::Front;
+use crate::lock;
+use crate::sessions::dial_local;
 
 /// The most idle HTTP/1.1 connections a client connection keeps to one remote.
 const MAX_IDLE_PER_REMOTE: usize = 8;
@@ -38,23 +39,17 @@ type Key = (RemoteName, u16);
 
 /// A client connection's backend connections.
 pub(crate) struct Backends {
-    state: Arc<State>,
+    front: Arc<Front>,
     /// Who dials, for the agent's logs.
     client: String,
     h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Incoming>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<Incoming>>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Backends {
-    pub(crate) fn new(state: Arc<State>, client: String) -> Self {
+    pub(crate) fn new(front: Arc<Front>, client: String) -> Self {
         Backends {
-            state,
+            front,
             client,
             h1: Mutex::default(),
             h2: Mutex::default(),
@@ -155,7 +150,7 @@ impl Backends {
             None => {
                 let io = self.dial(&key).await?;
                 let mut builder = http2::Builder::new(TokioExecutor::new());
-                let transport = &self.state.config.transport;
+                let transport = &self.front.transport;
                 builder
                     .initial_stream_window_size(transport.stream_window)
                     .initial_connection_window_size(transport.connection_window)
@@ -182,8 +177,8 @@ impl Backends {
         &self,
         (name, port): &Key,
     ) -> Result<TokioIo<sesame_tunnel::Connection>, BackendError> {
-        // A client's HTTP connection cannot leave its thread: it is carried there.
-        let conn = dial_local(&self.state, name, *port, self.client.clone())
+        let (sessions, transport) = (&*self.front.sessions, &self.front.transport);
+        let conn = dial_local(sessions, transport, name, *port, self.client.clone())
             .await
             .map_err(BackendError::Dial)?;
         Ok(TokioIo::new(conn))

@@ -17,20 +17,22 @@ mod rewind;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sesame_tunnel::io_reason;
+use sesame_tunnel::{TransportSettings, io_reason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::config::HttpConfig;
+use crate::endpoints::Endpoints;
 use crate::serving::drive;
-use crate::state::State;
+use crate::sessions::Sessions;
+use crate::shutdown::Shutdown;
 use crate::workers::Workers;
 use backend::Backends;
 use proxy::Proxy;
@@ -41,6 +43,20 @@ pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The first bytes of an HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the public HTTP listeners need of the relay.
+pub(crate) struct Front {
+    /// The listeners' limits.
+    pub(crate) config: HttpConfig,
+    /// The HTTP/2 settings of client connections, and of connections to the services.
+    pub(crate) transport: TransportSettings,
+    /// The virtual hosts.
+    pub(crate) endpoints: Arc<Endpoints>,
+    /// Where requests are dialed.
+    pub(crate) sessions: Arc<dyn Sessions>,
+    /// The relay's shutdown: listeners stop when it begins, connections end at the cut.
+    pub(crate) shutdown: Shutdown,
+}
 
 /// A public HTTP listener, with TLS for HTTPS.
 pub(crate) struct PublicListener {
@@ -55,20 +71,20 @@ impl PublicListener {
 }
 
 /// Serves one public listener until the relay shuts down, each connection on a worker.
-pub(crate) async fn serve(state: Arc<State>, public: PublicListener, workers: Arc<Workers>) {
+pub(crate) async fn serve(front: Arc<Front>, public: PublicListener, workers: Arc<Workers>) {
     let scheme = public.scheme();
     loop {
         let accepted = tokio::select! {
-            () = state.shutdown.cancelled() => return,
+            () = front.shutdown.begun.cancelled() => return,
             accepted = public.listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, client)) => {
                 let _ = tcp.set_nodelay(true);
                 let span = info_span!("http", %client, scheme);
-                let (state, tls) = (state.clone(), public.tls.clone());
+                let (front, tls) = (front.clone(), public.tls.clone());
                 workers.hand_over(tcp, move |tcp, _| {
-                    serve_connection(state, tcp, client, tls).instrument(span)
+                    serve_connection(front, tcp, client, tls).instrument(span)
                 });
             }
             // Out of file descriptors and the like: the next accept may succeed.
@@ -87,14 +103,14 @@ enum Version {
 /// Serves one client connection (a TCP stream, or an in-memory one when fuzzing): TLS first
 /// for HTTPS, then HTTP/1.1 or HTTP/2.
 pub(crate) async fn serve_connection<IO>(
-    state: Arc<State>,
+    front: Arc<Front>,
     tcp: IO,
     client: SocketAddr,
     tls: Option<TlsAcceptor>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let head_timeout = state.config.http.head_timeout;
+    let head_timeout = front.config.head_timeout;
     match tls {
         Some(acceptor) => {
             let Ok(accepted) = tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await
@@ -113,7 +129,7 @@ pub(crate) async fn serve_connection<IO>(
                 Some(b"h2") => Version::Http2,
                 _ => Version::Http1,
             };
-            serve_http(state, stream, client, "https", version).await;
+            serve_http(front, stream, client, "https", version).await;
         }
         None => {
             let mut tcp = tcp;
@@ -124,7 +140,7 @@ pub(crate) async fn serve_connection<IO>(
             match read {
                 Ok((version, prefix)) => {
                     let stream = Rewind::new(prefix, tcp);
-                    serve_http(state, stream, client, "http", version).await;
+                    serve_http(front, stream, client, "http", version).await;
                 }
                 Err(error) => debug!(error = %io_reason(&error), "reading the request failed"),
             }
@@ -151,7 +167,7 @@ async fn sniff(tcp: &mut (impl AsyncRead + Unpin)) -> io::Result<(Version, Bytes
 /// Serves HTTP on a connection until the client closes it, the relay's grace period ends,
 /// or (after a graceful shutdown) its open requests finish.
 async fn serve_http<IO>(
-    state: Arc<State>,
+    front: Arc<Front>,
     io: IO,
     client: SocketAddr,
     scheme: &'static str,
@@ -159,13 +175,13 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let backends = Backends::new(state.clone(), client.to_string());
-    let proxy = Arc::new(Proxy::new(state.clone(), backends, client, scheme));
+    let backends = Backends::new(front.clone(), client.to_string());
+    let proxy = Arc::new(Proxy::new(front.clone(), backends, client, scheme));
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
     });
-    let config = &state.config.http;
+    let config = &front.config;
     let io = TokioIo::new(io);
     let result = match version {
         Version::Http1 => {
@@ -175,13 +191,16 @@ async fn serve_http<IO>(
                 .max_header_size(config.max_head_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(&state.shutdown, &state.cut, connection, |c| {
-                c.as_mut().graceful_shutdown()
-            })
+            drive(
+                &front.shutdown.begun,
+                &front.shutdown.cut,
+                connection,
+                |c| c.as_mut().graceful_shutdown(),
+            )
             .await
         }
         Version::Http2 => {
-            let transport = &state.config.transport;
+            let transport = &front.transport;
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(config.max_head_bytes as u32)
@@ -192,36 +211,16 @@ async fn serve_http<IO>(
                 .keep_alive_interval(transport.keepalive_interval)
                 .keep_alive_timeout(transport.keepalive_timeout)
                 .serve_connection(io, service);
-            drive(&state.shutdown, &state.cut, connection, |c| {
-                c.as_mut().graceful_shutdown()
-            })
+            drive(
+                &front.shutdown.begun,
+                &front.shutdown.cut,
+                connection,
+                |c| c.as_mut().graceful_shutdown(),
+            )
             .await
         }
     };
     if let Err(error) = result {
         debug!(%error, "the connection ended with an error");
-    }
-}
-
-/// Settings of the public HTTP listeners.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct HttpConfig {
-    /// How long a client may take to send a request head (and, for HTTPS, its TLS handshake)
-    /// before the connection is cut.
-    pub head_timeout: Duration,
-    /// The largest request head; larger ones get `431 Request Header Fields Too Large`.
-    pub max_head_bytes: usize,
-    /// The most concurrent requests on one HTTP/2 client connection.
-    pub max_streams: u32,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            head_timeout: Duration::from_secs(10),
-            max_head_bytes: 64 << 10,
-            max_streams: 256,
-        }
     }
 }

@@ -16,15 +16,15 @@ use tonic::Code;
 use tracing::debug;
 
 use super::Body;
+use super::Front;
 use super::backend::{BackendError, Backends};
 use super::headers::{add_forwarding, is_upgrade, remove_hop_by_hop};
 use super::pages::page;
 use crate::endpoints::HostLookup;
-use crate::state::State;
 
 /// Passes a client connection's requests on to the remotes they name.
 pub(crate) struct Proxy {
-    state: Arc<State>,
+    front: Arc<Front>,
     backends: Backends,
     client: SocketAddr,
     scheme: &'static str,
@@ -32,13 +32,13 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn new(
-        state: Arc<State>,
+        front: Arc<Front>,
         backends: Backends,
         client: SocketAddr,
         scheme: &'static str,
     ) -> Self {
         Proxy {
-            state,
+            front,
             backends,
             client,
             scheme,
@@ -55,7 +55,7 @@ impl Proxy {
         let Some(host) = host_of(&request) else {
             return page(StatusCode::BAD_REQUEST, "the request names no host", grpc);
         };
-        let Some(site) = &self.state.endpoints.site else {
+        let Some(site) = &self.front.endpoints.site else {
             return page(
                 StatusCode::NOT_FOUND,
                 "this relay serves no virtual hosts",
@@ -69,7 +69,7 @@ impl Proxy {
             );
             return page(StatusCode::NOT_FOUND, &message, grpc);
         };
-        let route = match self.state.endpoints.http_route(&name) {
+        let route = match self.front.endpoints.http_route(&name) {
             HostLookup::Route(route) => route,
             HostLookup::Offline => {
                 let message = format!("remote {:?} is offline", name.as_str());
@@ -105,7 +105,7 @@ impl Proxy {
         {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(join_upgrades(
-                self.state.clone(),
+                self.front.clone(),
                 client_upgrade,
                 backend_upgrade,
             ));
@@ -219,7 +219,7 @@ fn host_of(request: &Request<Incoming>) -> Option<String> {
 /// Carries the bytes of a switched protocol between the client and the service, once both
 /// sides have switched.
 async fn join_upgrades(
-    state: Arc<State>,
+    front: Arc<Front>,
     client: hyper::upgrade::OnUpgrade,
     service: hyper::upgrade::OnUpgrade,
 ) {
@@ -237,6 +237,6 @@ async fn join_upgrades(
                 debug!(%error, "a switched connection failed");
             }
         }
-        () = state.cut.cancelled() => {}
+        () = front.shutdown.cut.cancelled() => {}
     }
 }
