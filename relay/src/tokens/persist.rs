@@ -1,0 +1,106 @@
+//! The store on disk: reading `tokens.json` when the store opens, writing the state back
+//! whole, and writing name claims a moment after they are made, together.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::file::{self, StoreFile};
+use super::state::State;
+use super::{TOKENS_FILE, TokenStore, TokenStoreError, lock};
+
+/// How long name claims wait to be written together.
+const FLUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// What the store's data directory holds.
+pub(super) struct Loaded {
+    /// The store's file.
+    pub(super) path: PathBuf,
+    /// The state the file describes; empty if there was no file.
+    pub(super) state: State,
+    /// Whether there was no file: the store is new.
+    pub(super) new: bool,
+}
+
+/// Reads the store in `data_dir`, creating the directory (mode 0700) if it is missing.
+pub(super) fn load(data_dir: &Path) -> Result<Loaded, TokenStoreError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TokenStoreError::Io { path, source }
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(data_dir).map_err(io(data_dir))?;
+    let path = data_dir.join(TOKENS_FILE);
+    let corrupt = |reason| TokenStoreError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let (file, new) = match std::fs::read(&path) {
+        Ok(text) => (file::parse(&text).map_err(corrupt)?, false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => (StoreFile::default(), true),
+        Err(error) => return Err(io(&path)(error)),
+    };
+    let state = State::from_file(file.tokens, file.names).map_err(corrupt)?;
+    Ok(Loaded { path, state, new })
+}
+
+/// The file that describes `state`.
+fn snapshot(state: &State) -> StoreFile {
+    StoreFile {
+        version: file::VERSION,
+        tokens: state.entries().cloned().collect(),
+        names: state.names().clone(),
+    }
+}
+
+impl TokenStore {
+    /// Writes `state`; the caller holds `writing`.
+    pub(super) fn write(&self, state: &State) -> Result<(), TokenStoreError> {
+        self.write_file(&snapshot(state))
+    }
+
+    /// Writes the state as it is now, without holding the state's lock while writing.
+    pub(super) fn write_latest(&self) -> Result<(), TokenStoreError> {
+        let _writing = lock(&self.writing);
+        let file = snapshot(&lock(&self.state));
+        self.write_file(&file)
+    }
+
+    fn write_file(&self, file: &StoreFile) -> Result<(), TokenStoreError> {
+        file::write(&self.path, file).map_err(|source| TokenStoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes name claims a moment from now, together with any that follow.
+    pub(super) fn flush_soon(&self) {
+        if self.flush_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            this.flush_pending.store(false, Ordering::Release);
+            if let Err(error) = this.write_latest() {
+                warn!(error = %sesame_tunnel::one_line(&error), "could not save name owners");
+            }
+            return;
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(FLUSH_DELAY).await;
+            this.flush_pending.store(false, Ordering::Release);
+            let writer = this.clone();
+            let written = tokio::task::spawn_blocking(move || writer.write_latest()).await;
+            if !matches!(written, Ok(Ok(()))) {
+                warn!(path = %this.path.display(), "could not save which token owns which name");
+            }
+        });
+    }
+}
