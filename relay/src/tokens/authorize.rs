@@ -1,5 +1,8 @@
 //! The store as the relay's [`Authorize`]: it checks the bearer token of every call, and
 //! gives each remote name to the first token that registers it.
+//!
+//! Both run on every call, so they take the state's lock alone, which is never held while
+//! the file is written: creating or revoking a token does not hold up callers.
 
 use std::time::SystemTime;
 

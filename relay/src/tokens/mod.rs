@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use tonic::Status;
 
 use crate::auth::Scope;
+use persist::Written;
 use state::State;
 
 /// The store's file in the data directory.
@@ -91,9 +92,11 @@ pub struct TokenInfo {
 /// once (token changes) or within a moment (name claims).
 pub struct TokenStore {
     path: PathBuf,
-    /// Held while the file is written, and taken before `state`: each write takes its snapshot
-    /// under it, so writes never share the temporary file and the last one is the latest state.
-    writing: Mutex<()>,
+    /// Held while the file is written, and taken before `state`: writes take turns, never
+    /// share the temporary file, and each knows what the file already holds.
+    writing: Mutex<Written>,
+    /// The tokens and names. Held briefly, never while the disk is written: every call's
+    /// authentication takes it.
     state: Mutex<State>,
     /// Whether a write of name claims is already on its way.
     flush_pending: AtomicBool,
@@ -123,7 +126,7 @@ impl TokenStore {
         let loaded = persist::load(data_dir)?;
         let store = Arc::new_cyclic(|this| TokenStore {
             path: loaded.path,
-            writing: Mutex::new(()),
+            writing: Mutex::new(Written::loaded()),
             state: Mutex::new(loaded.state),
             flush_pending: AtomicBool::new(false),
             this: this.clone(),
@@ -154,13 +157,13 @@ impl TokenStore {
     ) -> Result<(TokenInfo, String), TokenStoreError> {
         state::check_new(&scopes, &label)?;
         let now = SystemTime::now();
-        let _writing = lock(&self.writing);
+        let mut written = lock(&self.writing);
         let mut state = lock(&self.state);
         let (live, secret) = state.new_token(scopes, label, ttl, now);
         let id = live.entry.id.clone();
         state.insert(live);
-        self.write(&state)?;
         let info = state.describe(&id).expect("just inserted");
+        self.write_behind(&mut written, state)?;
         Ok((info, secret))
     }
 
@@ -176,13 +179,19 @@ impl TokenStore {
 
     /// Revokes a token: calls with it fail from now on, and what it has open ends. The names
     /// it owned are free again. Revoking a revoked token changes nothing.
+    ///
+    /// If the file cannot be written, the token stays revoked until the relay stops, and the
+    /// error is returned: the revocation is not saved. Revoking the token again writes the
+    /// file, and succeeds only once the revocation is on disk.
     pub fn revoke(&self, id: &str) -> Result<TokenInfo, TokenStoreError> {
-        let _writing = lock(&self.writing);
+        let mut written = lock(&self.writing);
         let mut state = lock(&self.state);
-        if state.revoke(id, SystemTime::now())? {
-            self.write(&state)?;
-        }
-        Ok(state.describe(id).expect("present"))
+        state.revoke(id, SystemTime::now())?;
+        let info = state.describe(id).expect("present");
+        // Even when the token was revoked already: the file may be behind because writing
+        // that revocation failed.
+        self.write_behind(&mut written, state)?;
+        Ok(info)
     }
 }
 
@@ -204,6 +213,15 @@ mod tests {
 
     fn scopes(list: &[&str]) -> Vec<Scope> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// Makes every write of the store's file in `dir` fail until the returned path is
+    /// removed: a directory stands where the file's temporary copy is written. (Tests run as
+    /// root, whom a read-only directory does not stop.)
+    fn block_writes(dir: &Path) -> PathBuf {
+        let temporary = dir.join(format!("{TOKENS_FILE}.tmp"));
+        std::fs::create_dir(&temporary).unwrap();
+        temporary
     }
 
     #[test]
@@ -237,6 +255,43 @@ mod tests {
             "the file holds the latest state"
         );
         assert_eq!(store.list().len(), 101);
+    }
+
+    #[test]
+    fn a_revocation_that_could_not_be_written_is_written_when_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let (info, token) = store
+            .create(scopes(&["connect:*"]), String::new(), None)
+            .unwrap();
+        let on_disk = || {
+            let reopened = TokenStore::open(dir.path()).unwrap().store;
+            reopened.get(&info.id).unwrap().revoked
+        };
+
+        let blocked = block_writes(dir.path());
+        let error = store.revoke(&info.id).unwrap_err();
+        assert!(matches!(error, TokenStoreError::Io { .. }), "{error}");
+        let status = store.authenticate(&metadata(&token)).unwrap_err();
+        assert!(
+            status.message().contains("revoked"),
+            "refused at once all the same"
+        );
+        assert_eq!(on_disk(), None);
+        assert!(
+            store.revoke(&info.id).is_err(),
+            "a retry writes the file again, so it fails while the file cannot be written"
+        );
+
+        std::fs::remove_dir(&blocked).unwrap();
+        let revoked = store.revoke(&info.id).unwrap().revoked;
+        assert!(revoked.is_some());
+        assert_eq!(on_disk(), revoked, "the retry saved the first revocation");
+
+        let _blocked = block_writes(dir.path());
+        store
+            .revoke(&info.id)
+            .expect("with the revocation saved, revoking again has nothing to write");
     }
 
     #[tokio::test]

@@ -1,7 +1,17 @@
 //! The store on disk: reading `tokens.json` when the store opens, writing the state back
 //! whole, and writing name claims a moment after they are made, together.
+//!
+//! Writes take turns under the store's `writing` lock, which also records which change the
+//! file holds up to ([`Written`]). Each takes its snapshot under the state's lock and
+//! releases that before writing and syncing the file: authentication needs the state's lock
+//! on every call, and must not wait for the disk. Since each snapshot is taken after the
+//! previous write ended, the last write holds the latest state.
+//!
+//! A write is skipped only when the file already holds the latest change. A write that
+//! failed leaves the file behind, so the next one, whatever asks for it, writes again.
 
 use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -22,6 +32,21 @@ pub(super) struct Loaded {
     pub(super) state: State,
     /// Whether there was no file: the store is new.
     pub(super) new: bool,
+}
+
+/// Which of the state's changes the file holds: known to whoever holds the store's `writing`
+/// lock, which guards it.
+pub(super) struct Written {
+    /// The state's generation when the snapshot last written was taken.
+    generation: u64,
+}
+
+impl Written {
+    /// A file that holds the state just loaded from it. A store that had no file has no
+    /// tokens either, and creating its first one writes it.
+    pub(super) fn loaded() -> Self {
+        Written { generation: 0 }
+    }
 }
 
 /// Reads the store in `data_dir`, creating the directory (mode 0700) if it is missing.
@@ -59,16 +84,28 @@ fn snapshot(state: &State) -> StoreFile {
 }
 
 impl TokenStore {
-    /// Writes `state`; the caller holds `writing`.
-    pub(super) fn write(&self, state: &State) -> Result<(), TokenStoreError> {
-        self.write_file(&snapshot(state))
+    /// Writes `state` if the file is behind it. `written` comes from the `writing` lock,
+    /// which the caller holds; `state` is released before the file is written.
+    pub(super) fn write_behind(
+        &self,
+        written: &mut Written,
+        state: MutexGuard<'_, State>,
+    ) -> Result<(), TokenStoreError> {
+        let generation = state.generation();
+        if written.generation == generation {
+            return Ok(());
+        }
+        let file = snapshot(&state);
+        drop(state);
+        self.write_file(&file)?;
+        written.generation = generation;
+        Ok(())
     }
 
-    /// Writes the state as it is now, without holding the state's lock while writing.
+    /// Writes the state as it is now, if the file is behind it.
     pub(super) fn write_latest(&self) -> Result<(), TokenStoreError> {
-        let _writing = lock(&self.writing);
-        let file = snapshot(&lock(&self.state));
-        self.write_file(&file)
+        let mut written = lock(&self.writing);
+        self.write_behind(&mut written, lock(&self.state))
     }
 
     fn write_file(&self, file: &StoreFile) -> Result<(), TokenStoreError> {

@@ -18,6 +18,9 @@ pub(super) struct State {
     tokens: BTreeMap<String, Live>,
     /// Remote name to the id of the token that owns it.
     names: BTreeMap<String, String>,
+    /// Counts the changes made since the store opened, so that persistence can tell whether
+    /// the file holds the latest of them.
+    generation: u64,
 }
 
 /// A token in memory: its entry in the file, and what checking a caller needs at hand.
@@ -116,7 +119,16 @@ impl State {
             .into_iter()
             .map(|entry| Ok((entry.id.clone(), Live::from_entry(entry)?)))
             .collect::<Result<_, String>>()?;
-        Ok(State { tokens, names })
+        Ok(State {
+            tokens,
+            names,
+            generation: 0,
+        })
+    }
+
+    /// How many changes were made since the store opened.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The tokens as the file keeps them, by id.
@@ -168,22 +180,24 @@ impl State {
     /// Adds a token made by [`new_token`](Self::new_token).
     pub(super) fn insert(&mut self, live: Live) {
         self.tokens.insert(live.entry.id.clone(), live);
+        self.generation += 1;
     }
 
-    /// Revokes a token at `now`, ends what it has open and frees its names. Returns whether
-    /// anything changed: revoking a revoked token does not.
-    pub(super) fn revoke(&mut self, id: &str, now: SystemTime) -> Result<bool, TokenStoreError> {
+    /// Revokes a token at `now`, ends what it has open and frees its names. Revoking a revoked
+    /// token changes nothing.
+    pub(super) fn revoke(&mut self, id: &str, now: SystemTime) -> Result<(), TokenStoreError> {
         let live = self
             .tokens
             .get_mut(id)
             .ok_or_else(|| TokenStoreError::UnknownToken { id: id.to_owned() })?;
         if live.entry.revoked.is_some() {
-            return Ok(false);
+            return Ok(());
         }
         live.entry.revoked = Some(unix(now));
         live.ended.cancel();
         self.names.retain(|_, owner| owner != id);
-        Ok(true)
+        self.generation += 1;
+        Ok(())
     }
 
     /// The token with this id, if any.
@@ -203,6 +217,7 @@ impl State {
             _ => {}
         }
         self.names.insert(name.to_owned(), id.to_owned());
+        self.generation += 1;
         Claim::Claimed
     }
 
