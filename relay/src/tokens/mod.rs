@@ -149,6 +149,9 @@ impl TokenStore {
     }
 
     /// Creates a token; returns it and its secret, which the store does not keep.
+    ///
+    /// The token is saved before it is returned or accepted: if the file cannot be written,
+    /// there is no token, and the error is returned.
     pub fn create(
         &self,
         scopes: Vec<Scope>,
@@ -158,12 +161,11 @@ impl TokenStore {
         state::check_new(&scopes, &label)?;
         let now = SystemTime::now();
         let mut written = lock(&self.writing);
-        let mut state = lock(&self.state);
+        let state = lock(&self.state);
+        // Only tokens being created add tokens, and `writing` is held until this one is in:
+        // no other can draw the same id meanwhile.
         let (live, secret) = state.new_token(scopes, label, ttl, now);
-        let id = live.entry.id.clone();
-        state.insert(live);
-        let info = state.describe(&id).expect("just inserted");
-        self.write_behind(&mut written, state)?;
+        let info = self.write_new(&mut written, state, live)?;
         Ok((info, secret))
     }
 
@@ -292,6 +294,34 @@ mod tests {
         store
             .revoke(&info.id)
             .expect("with the revocation saved, revoking again has nothing to write");
+    }
+
+    #[test]
+    fn a_token_that_could_not_be_written_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let before = store.list();
+
+        let blocked = block_writes(dir.path());
+        let error = store
+            .create(scopes(&["connect:*"]), "laptop".into(), None)
+            .unwrap_err();
+        assert!(matches!(error, TokenStoreError::Io { .. }), "{error}");
+        assert_eq!(
+            store.list(),
+            before,
+            "the store holds no token it did not save"
+        );
+
+        std::fs::remove_dir(&blocked).unwrap();
+        let (info, token) = store
+            .create(scopes(&["connect:*"]), "laptop".into(), None)
+            .unwrap();
+        let reopened = TokenStore::open(dir.path()).unwrap().store;
+        assert_eq!(reopened.list(), store.list());
+        assert_eq!(store.list().len(), before.len() + 1);
+        let caller = reopened.authenticate(&metadata(&token)).unwrap();
+        assert_eq!(caller.token(), Some(info.id.as_str()));
     }
 
     #[tokio::test]

@@ -9,6 +9,9 @@
 //!
 //! A write is skipped only when the file already holds the latest change. A write that
 //! failed leaves the file behind, so the next one, whatever asks for it, writes again.
+//!
+//! A new token is the one change written before it is made in memory: a token the relay
+//! would forget at its next start must not be handed out, nor accepted meanwhile.
 
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
@@ -17,9 +20,9 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::file::{self, StoreFile};
-use super::state::State;
-use super::{TOKENS_FILE, TokenStore, TokenStoreError, lock};
+use super::file::{self, StoreFile, TokenEntry};
+use super::state::{Live, State};
+use super::{TOKENS_FILE, TokenInfo, TokenStore, TokenStoreError, lock};
 
 /// How long name claims wait to be written together.
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
@@ -74,11 +77,18 @@ pub(super) fn load(data_dir: &Path) -> Result<Loaded, TokenStoreError> {
     Ok(Loaded { path, state, new })
 }
 
-/// The file that describes `state`.
-fn snapshot(state: &State) -> StoreFile {
+/// The file that describes `state`, with the token `new` added if there is one.
+fn snapshot(state: &State, new: Option<&TokenEntry>) -> StoreFile {
+    let mut tokens: Vec<TokenEntry> = state.entries().cloned().collect();
+    if let Some(new) = new {
+        // In order of id, as the state keeps them, so the file reads the same once the token
+        // is in the state and the file is written again.
+        let at = tokens.partition_point(|entry| entry.id < new.id);
+        tokens.insert(at, new.clone());
+    }
     StoreFile {
         version: file::VERSION,
-        tokens: state.entries().cloned().collect(),
+        tokens,
         names: state.names().clone(),
     }
 }
@@ -95,11 +105,38 @@ impl TokenStore {
         if written.generation == generation {
             return Ok(());
         }
-        let file = snapshot(&state);
+        let file = snapshot(&state, None);
         drop(state);
         self.write_file(&file)?;
         written.generation = generation;
         Ok(())
+    }
+
+    /// Writes `state` with the token `live` added, then adds it to `state` and describes it.
+    /// If the write fails, the token is dropped and `state` is left as it was. `written` comes
+    /// from the `writing` lock, which the caller holds; `state` is released while the file is
+    /// written.
+    pub(super) fn write_new(
+        &self,
+        written: &mut Written,
+        state: MutexGuard<'_, State>,
+        live: Live,
+    ) -> Result<TokenInfo, TokenStoreError> {
+        let seen = state.generation();
+        let file = snapshot(&state, Some(&live.entry));
+        drop(state);
+        self.write_file(&file)?;
+        let mut state = lock(&self.state);
+        // The file holds state `seen` with the token added: the state once the token is in,
+        // unless names were claimed while the file was written. Then it is behind, and the
+        // claims' own flush writes them.
+        let current = state.generation() == seen;
+        let id = live.entry.id.clone();
+        state.insert(live);
+        if current {
+            written.generation = state.generation();
+        }
+        Ok(state.describe(&id).expect("just added"))
     }
 
     /// Writes the state as it is now, if the file is behind it.
