@@ -1,29 +1,30 @@
 //! [`TokenStore`]: the bearer tokens a relay accepts, kept hashed in its data directory, and
 //! which token owns which remote name.
+//!
+//! The store is in three parts: `state`, the tokens and names in memory and the changes made
+//! to them; `persist`, which reads and writes them in the data directory (`file` is the
+//! file's format); and `authorize`, which checks callers against them. This module holds
+//! the store itself and its locks.
 
+mod authorize;
 mod file;
+mod persist;
 mod secret;
+mod state;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use sesame_tunnel::RemoteName;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tonic::metadata::MetadataMap;
-use tracing::warn;
 
-use crate::auth::{Authorize, Caller, Scope, bearer_token};
-use file::{StoreFile, TokenEntry};
+use crate::auth::Scope;
+use persist::Written;
+use state::State;
 
 /// The store's file in the data directory.
 pub const TOKENS_FILE: &str = "tokens.json";
-
-/// How long name claims wait to be written together.
-const FLUSH_DELAY: Duration = Duration::from_millis(100);
 
 /// Why the store could not be opened or changed.
 #[derive(Debug, thiserror::Error)]
@@ -91,25 +92,16 @@ pub struct TokenInfo {
 /// once (token changes) or within a moment (name claims).
 pub struct TokenStore {
     path: PathBuf,
-    /// Held while the file is written, and taken before `inner`: each write takes its snapshot
-    /// under it, so writes never share the temporary file and the last one is the latest state.
-    writing: Mutex<()>,
-    inner: Mutex<Inner>,
+    /// Held while the file is written, and taken before `state`: writes take turns, never
+    /// share the temporary file, and each knows what the file already holds.
+    writing: Mutex<Written>,
+    /// The tokens and names. Held briefly, never while the disk is written: every call's
+    /// authentication takes it.
+    state: Mutex<State>,
+    /// Whether a write of name claims is already on its way.
     flush_pending: AtomicBool,
+    /// The store itself, for the task that writes name claims later.
     this: Weak<TokenStore>,
-}
-
-struct Inner {
-    tokens: BTreeMap<String, Live>,
-    names: BTreeMap<String, String>,
-}
-
-struct Live {
-    entry: TokenEntry,
-    scopes: Arc<[Scope]>,
-    hash: [u8; 32],
-    ended: CancellationToken,
-    expiry_armed: bool,
 }
 
 /// A store just opened, and the admin token it made if it was new.
@@ -120,97 +112,26 @@ pub struct OpenedStore {
     pub new_admin_token: Option<String>,
 }
 
-fn unix(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn from_unix(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds)
-}
-
-impl Live {
-    fn from_entry(entry: TokenEntry) -> Result<Self, String> {
-        let scopes = entry
-            .scopes
-            .iter()
-            .map(|scope| scope.parse::<Scope>())
-            .collect::<Result<Vec<_>, _>>()?;
-        let hash = secret::from_hex(&entry.sha256)
-            .ok_or_else(|| format!("token {:?} has a malformed hash", entry.id))?;
-        let ended = CancellationToken::new();
-        if entry.revoked.is_some() {
-            ended.cancel();
-        }
-        Ok(Live {
-            entry,
-            scopes: scopes.into(),
-            hash,
-            ended,
-            expiry_armed: false,
-        })
-    }
-
-    fn expired(&self, now: SystemTime) -> bool {
-        self.entry.expires.is_some_and(|at| from_unix(at) <= now)
-    }
-
-    fn usable(&self, now: SystemTime) -> bool {
-        self.entry.revoked.is_none() && !self.expired(now)
-    }
+/// Locks `mutex` even if a thread panicked while holding it. The store's changes are a few
+/// assignments each, which leave it usable whatever the panic interrupted; refusing every
+/// later call because of one panic would stop the relay from authenticating anyone.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TokenStore {
     /// Opens the store in `data_dir`, creating the directory (mode 0700) and, on first use, the
     /// store with one `admin` token, whose secret is returned to be shown once.
     pub fn open(data_dir: &Path) -> Result<OpenedStore, TokenStoreError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| TokenStoreError::Io { path, source }
-        };
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(data_dir).map_err(io(data_dir))?;
-        let path = data_dir.join(TOKENS_FILE);
-        let (file, new) = match std::fs::read(&path) {
-            Ok(text) => {
-                let file = file::parse(&text).map_err(|reason| TokenStoreError::Corrupt {
-                    path: path.clone(),
-                    reason,
-                })?;
-                (file, false)
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (
-                StoreFile {
-                    version: file::VERSION,
-                    ..StoreFile::default()
-                },
-                true,
-            ),
-            Err(error) => return Err(io(&path)(error)),
-        };
-        let mut tokens = BTreeMap::new();
-        for entry in file.tokens {
-            let live = Live::from_entry(entry).map_err(|reason| TokenStoreError::Corrupt {
-                path: path.clone(),
-                reason,
-            })?;
-            tokens.insert(live.entry.id.clone(), live);
-        }
+        let loaded = persist::load(data_dir)?;
         let store = Arc::new_cyclic(|this| TokenStore {
-            path,
-            writing: Mutex::new(()),
-            inner: Mutex::new(Inner {
-                tokens,
-                names: file.names,
-            }),
+            path: loaded.path,
+            writing: Mutex::new(Written::loaded()),
+            state: Mutex::new(loaded.state),
             flush_pending: AtomicBool::new(false),
             this: this.clone(),
         });
-        let new_admin_token = if new {
+        let new_admin_token = if loaded.new {
             let (_, secret) = store.create(vec![Scope::Admin], "admin".to_owned(), None)?;
             Some(secret)
         } else {
@@ -227,249 +148,64 @@ impl TokenStore {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The right to write the file; taken before [`lock`](Self::lock) by whoever writes.
-    fn writing(&self) -> MutexGuard<'_, ()> {
-        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Creates a token; returns it and its secret, which the store does not keep.
+    ///
+    /// The token is saved before it is returned or accepted: if the file cannot be written,
+    /// there is no token, and the error is returned.
     pub fn create(
         &self,
         scopes: Vec<Scope>,
         label: String,
         ttl: Option<Duration>,
     ) -> Result<(TokenInfo, String), TokenStoreError> {
-        if scopes.is_empty() {
-            return Err(TokenStoreError::Invalid(
-                "a token needs at least one scope: admin, expose:PATTERN or connect:PATTERN"
-                    .to_owned(),
-            ));
-        }
-        if label.chars().count() > 200 || label.chars().any(char::is_control) {
-            return Err(TokenStoreError::Invalid(
-                "a label is at most 200 printable characters".to_owned(),
-            ));
-        }
+        state::check_new(&scopes, &label)?;
         let now = SystemTime::now();
-        let _writing = self.writing();
-        let mut inner = self.lock();
-        let (id, secret) = loop {
-            let (id, secret) = secret::generate();
-            if !inner.tokens.contains_key(&id) {
-                break (id, secret);
-            }
-        };
-        let entry = TokenEntry {
-            id: id.clone(),
-            label,
-            scopes: scopes.iter().map(Scope::to_string).collect(),
-            sha256: secret::hex(&secret::hash(&secret)),
-            created: unix(now),
-            expires: ttl.map(|ttl| unix(now + ttl).max(unix(now) + 1)),
-            revoked: None,
-        };
-        let live = Live::from_entry(entry).map_err(TokenStoreError::Invalid)?;
-        inner.tokens.insert(id.clone(), live);
-        self.write(&inner)?;
-        let info = describe(&inner, &id).expect("just inserted");
+        let mut written = lock(&self.writing);
+        let state = lock(&self.state);
+        // Only tokens being created add tokens, and `writing` is held until this one is in:
+        // no other can draw the same id meanwhile.
+        let (live, secret) = state.new_token(scopes, label, ttl, now);
+        let info = self.write_new(&mut written, state, live)?;
         Ok((info, secret))
     }
 
     /// Every token, revoked ones included, by id.
     pub fn list(&self) -> Vec<TokenInfo> {
-        let inner = self.lock();
-        inner
-            .tokens
-            .keys()
-            .filter_map(|id| describe(&inner, id))
-            .collect()
+        lock(&self.state).list()
     }
 
     /// One token.
     pub fn get(&self, id: &str) -> Option<TokenInfo> {
-        describe(&self.lock(), id)
+        lock(&self.state).describe(id)
     }
 
     /// Revokes a token: calls with it fail from now on, and what it has open ends. The names
     /// it owned are free again. Revoking a revoked token changes nothing.
+    ///
+    /// If the file cannot be written, the token stays revoked until the relay stops, and the
+    /// error is returned: the revocation is not saved. Revoking the token again writes the
+    /// file, and succeeds only once the revocation is on disk.
     pub fn revoke(&self, id: &str) -> Result<TokenInfo, TokenStoreError> {
-        let _writing = self.writing();
-        let mut inner = self.lock();
-        let live = inner
-            .tokens
-            .get_mut(id)
-            .ok_or_else(|| TokenStoreError::UnknownToken { id: id.to_owned() })?;
-        if live.entry.revoked.is_none() {
-            live.entry.revoked = Some(unix(SystemTime::now()));
-            live.ended.cancel();
-            inner.names.retain(|_, owner| owner != id);
-            self.write(&inner)?;
-        }
-        Ok(describe(&inner, id).expect("present"))
-    }
-
-    /// Writes `inner`; the caller holds [`writing`](Self::writing).
-    fn write(&self, inner: &Inner) -> Result<(), TokenStoreError> {
-        self.write_file(&snapshot(inner))
-    }
-
-    /// Writes the state as it is now, without holding the state's lock while writing.
-    fn write_latest(&self) -> Result<(), TokenStoreError> {
-        let _writing = self.writing();
-        let file = snapshot(&self.lock());
-        self.write_file(&file)
-    }
-
-    fn write_file(&self, file: &StoreFile) -> Result<(), TokenStoreError> {
-        file::write(&self.path, file).map_err(|source| TokenStoreError::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
-
-    /// Writes name claims a moment from now, together with any that follow.
-    fn flush_soon(&self) {
-        if self.flush_pending.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            this.flush_pending.store(false, Ordering::Release);
-            if let Err(error) = this.write_latest() {
-                warn!(error = %sesame_tunnel::one_line(&error), "could not save name owners");
-            }
-            return;
-        };
-        runtime.spawn(async move {
-            tokio::time::sleep(FLUSH_DELAY).await;
-            this.flush_pending.store(false, Ordering::Release);
-            let writer = this.clone();
-            let written = tokio::task::spawn_blocking(move || writer.write_latest()).await;
-            if !matches!(written, Ok(Ok(()))) {
-                warn!(path = %this.path.display(), "could not save which token owns which name");
-            }
-        });
-    }
-
-    /// Cancels the token's `ended` when it expires, once per token.
-    fn arm_expiry(live: &mut Live) {
-        let Some(expires) = live.entry.expires else {
-            return;
-        };
-        if live.expiry_armed {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        live.expiry_armed = true;
-        let left = from_unix(expires)
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let ended = live.ended.clone();
-        runtime.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(left) => ended.cancel(),
-                () = ended.cancelled() => {}
-            }
-        });
-    }
-}
-
-fn snapshot(inner: &Inner) -> StoreFile {
-    StoreFile {
-        version: file::VERSION,
-        tokens: inner
-            .tokens
-            .values()
-            .map(|live| live.entry.clone())
-            .collect(),
-        names: inner.names.clone(),
-    }
-}
-
-fn describe(inner: &Inner, id: &str) -> Option<TokenInfo> {
-    let live = inner.tokens.get(id)?;
-    Some(TokenInfo {
-        id: id.to_owned(),
-        label: live.entry.label.clone(),
-        scopes: live.scopes.to_vec(),
-        created: from_unix(live.entry.created),
-        expires: live.entry.expires.map(from_unix),
-        revoked: live.entry.revoked.map(from_unix),
-        owned_names: inner
-            .names
-            .iter()
-            .filter(|(_, owner)| owner.as_str() == id)
-            .map(|(name, _)| name.clone())
-            .collect(),
-    })
-}
-
-impl Authorize for TokenStore {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let Some(presented) = bearer_token(metadata)? else {
-            return Err(Status::unauthenticated(
-                "this relay needs a token: send `authorization: Bearer TOKEN`",
-            ));
-        };
-        let invalid = || Status::unauthenticated("the token is not valid on this relay");
-        let id = secret::id_of(presented).ok_or_else(invalid)?;
-        let hash = secret::hash(presented);
-        let mut inner = self.lock();
-        let live = inner.tokens.get_mut(id).ok_or_else(invalid)?;
-        if !secret::same_hash(&live.hash, &hash) {
-            return Err(invalid());
-        }
-        if live.entry.revoked.is_some() {
-            return Err(Status::unauthenticated("the token was revoked"));
-        }
-        if live.expired(SystemTime::now()) {
-            return Err(Status::unauthenticated("the token has expired"));
-        }
-        Self::arm_expiry(live);
-        Ok(Caller::new(
-            id.to_owned(),
-            live.scopes.clone(),
-            live.ended.clone(),
-        ))
-    }
-
-    fn claim_name(&self, caller: &Caller, name: &RemoteName) -> Result<(), Status> {
-        let Some(id) = caller.token() else {
-            return Ok(());
-        };
-        let now = SystemTime::now();
-        let mut inner = self.lock();
-        let owner = inner.names.get(name.as_str()).cloned();
-        match owner {
-            Some(owner) if owner == id => return Ok(()),
-            Some(owner) if inner.tokens.get(&owner).is_some_and(|t| t.usable(now)) => {
-                return Err(Status::permission_denied(format!(
-                    "the name {:?} belongs to another token: only the token that registered it \
-                     first may use it",
-                    name.as_str()
-                )));
-            }
-            // Nobody owns it, or its owner is revoked or expired: it is free.
-            _ => {}
-        }
-        inner.names.insert(name.to_string(), id.to_owned());
-        drop(inner);
-        self.flush_soon();
-        Ok(())
+        let mut written = lock(&self.writing);
+        let mut state = lock(&self.state);
+        state.revoke(id, SystemTime::now())?;
+        let info = state.describe(id).expect("present");
+        // Even when the token was revoked already: the file may be behind because writing
+        // that revocation failed.
+        self.write_behind(&mut written, state)?;
+        Ok(info)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use sesame_tunnel::RemoteName;
+    use tonic::metadata::MetadataMap;
+
     use super::*;
+    use crate::auth::Authorize;
 
     fn metadata(token: &str) -> MetadataMap {
         let mut metadata = MetadataMap::new();
@@ -479,6 +215,15 @@ mod tests {
 
     fn scopes(list: &[&str]) -> Vec<Scope> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// Makes every write of the store's file in `dir` fail until the returned path is
+    /// removed: a directory stands where the file's temporary copy is written. (Tests run as
+    /// root, whom a read-only directory does not stop.)
+    fn block_writes(dir: &Path) -> PathBuf {
+        let temporary = dir.join(format!("{TOKENS_FILE}.tmp"));
+        std::fs::create_dir(&temporary).unwrap();
+        temporary
     }
 
     #[test]
@@ -512,6 +257,71 @@ mod tests {
             "the file holds the latest state"
         );
         assert_eq!(store.list().len(), 101);
+    }
+
+    #[test]
+    fn a_revocation_that_could_not_be_written_is_written_when_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let (info, token) = store
+            .create(scopes(&["connect:*"]), String::new(), None)
+            .unwrap();
+        let on_disk = || {
+            let reopened = TokenStore::open(dir.path()).unwrap().store;
+            reopened.get(&info.id).unwrap().revoked
+        };
+
+        let blocked = block_writes(dir.path());
+        let error = store.revoke(&info.id).unwrap_err();
+        assert!(matches!(error, TokenStoreError::Io { .. }), "{error}");
+        let status = store.authenticate(&metadata(&token)).unwrap_err();
+        assert!(
+            status.message().contains("revoked"),
+            "refused at once all the same"
+        );
+        assert_eq!(on_disk(), None);
+        assert!(
+            store.revoke(&info.id).is_err(),
+            "a retry writes the file again, so it fails while the file cannot be written"
+        );
+
+        std::fs::remove_dir(&blocked).unwrap();
+        let revoked = store.revoke(&info.id).unwrap().revoked;
+        assert!(revoked.is_some());
+        assert_eq!(on_disk(), revoked, "the retry saved the first revocation");
+
+        let _blocked = block_writes(dir.path());
+        store
+            .revoke(&info.id)
+            .expect("with the revocation saved, revoking again has nothing to write");
+    }
+
+    #[test]
+    fn a_token_that_could_not_be_written_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let before = store.list();
+
+        let blocked = block_writes(dir.path());
+        let error = store
+            .create(scopes(&["connect:*"]), "laptop".into(), None)
+            .unwrap_err();
+        assert!(matches!(error, TokenStoreError::Io { .. }), "{error}");
+        assert_eq!(
+            store.list(),
+            before,
+            "the store holds no token it did not save"
+        );
+
+        std::fs::remove_dir(&blocked).unwrap();
+        let (info, token) = store
+            .create(scopes(&["connect:*"]), "laptop".into(), None)
+            .unwrap();
+        let reopened = TokenStore::open(dir.path()).unwrap().store;
+        assert_eq!(reopened.list(), store.list());
+        assert_eq!(store.list().len(), before.len() + 1);
+        let caller = reopened.authenticate(&metadata(&token)).unwrap();
+        assert_eq!(caller.token(), Some(info.id.as_str()));
     }
 
     #[tokio::test]
@@ -581,14 +391,7 @@ mod tests {
                 Some(Duration::from_millis(1)),
             )
             .unwrap();
-        // Expiry has a resolution of one second: move it into the past.
-        let mut inner = store.lock();
-        for live in inner.tokens.values_mut() {
-            if let Some(expires) = live.entry.expires.as_mut() {
-                *expires = unix(SystemTime::now()) - 1;
-            }
-        }
-        drop(inner);
+        lock(&store.state).expire_all();
         assert!(unauthenticated(&short).contains("expired"));
     }
 

@@ -1,0 +1,262 @@
+//! The store in memory: its tokens, which token owns which remote name, and the changes made
+//! to them. Nothing here reads or writes the disk, takes a lock or waits; the store calls
+//! these under its lock, and `persist` writes what they leave.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use super::file::TokenEntry;
+use super::{TokenInfo, TokenStoreError, secret};
+use crate::auth::Scope;
+
+/// The tokens a store holds and the names they own.
+pub(super) struct State {
+    /// By id.
+    tokens: BTreeMap<String, Live>,
+    /// Remote name to the id of the token that owns it.
+    names: BTreeMap<String, String>,
+    /// Counts the changes made since the store opened, so that persistence can tell whether
+    /// the file holds the latest of them.
+    generation: u64,
+}
+
+/// A token in memory: its entry in the file, and what checking a caller needs at hand.
+pub(super) struct Live {
+    /// What the file keeps of it.
+    pub(super) entry: TokenEntry,
+    /// `entry.scopes`, parsed once rather than on every call.
+    pub(super) scopes: Arc<[Scope]>,
+    /// `entry.sha256`, decoded.
+    pub(super) hash: [u8; 32],
+    /// Cancelled when the token is revoked or expires, which ends what its callers have open.
+    pub(super) ended: CancellationToken,
+    /// Whether a task already waits to cancel `ended` when the token expires.
+    pub(super) expiry_armed: bool,
+}
+
+/// What came of claiming a remote name for a token.
+pub(super) enum Claim {
+    /// The token already owned it: nothing changed.
+    Owned,
+    /// The token owns it now.
+    Claimed,
+    /// Another token, still valid, owns it.
+    Taken,
+}
+
+/// Unix seconds, the file's resolution.
+pub(super) fn unix(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The time `seconds` after the Unix epoch.
+pub(super) fn from_unix(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(seconds)
+}
+
+/// Refuses a token nobody could use or read: without scopes, or with a label that is not a
+/// short line of text.
+pub(super) fn check_new(scopes: &[Scope], label: &str) -> Result<(), TokenStoreError> {
+    if scopes.is_empty() {
+        return Err(TokenStoreError::Invalid(
+            "a token needs at least one scope: admin, expose:PATTERN or connect:PATTERN".to_owned(),
+        ));
+    }
+    if label.chars().count() > 200 || label.chars().any(char::is_control) {
+        return Err(TokenStoreError::Invalid(
+            "a label is at most 200 printable characters".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+impl Live {
+    /// A token read from the file; refused, with the reason, if the file's entry is malformed.
+    fn from_entry(entry: TokenEntry) -> Result<Self, String> {
+        let scopes = entry
+            .scopes
+            .iter()
+            .map(|scope| scope.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let hash = secret::from_hex(&entry.sha256)
+            .ok_or_else(|| format!("token {:?} has a malformed hash", entry.id))?;
+        let ended = CancellationToken::new();
+        if entry.revoked.is_some() {
+            ended.cancel();
+        }
+        Ok(Live {
+            entry,
+            scopes: scopes.into(),
+            hash,
+            ended,
+            expiry_armed: false,
+        })
+    }
+
+    /// Whether the token's time is up.
+    pub(super) fn expired(&self, now: SystemTime) -> bool {
+        self.entry.expires.is_some_and(|at| from_unix(at) <= now)
+    }
+
+    /// Whether the token still counts: neither revoked nor expired.
+    pub(super) fn usable(&self, now: SystemTime) -> bool {
+        self.entry.revoked.is_none() && !self.expired(now)
+    }
+}
+
+impl State {
+    /// The state the file's tokens and names describe; the reason if one of them is malformed.
+    pub(super) fn from_file(
+        tokens: Vec<TokenEntry>,
+        names: BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let tokens = tokens
+            .into_iter()
+            .map(|entry| Ok((entry.id.clone(), Live::from_entry(entry)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(State {
+            tokens,
+            names,
+            generation: 0,
+        })
+    }
+
+    /// How many changes were made since the store opened.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The tokens as the file keeps them, by id.
+    pub(super) fn entries(&self) -> impl Iterator<Item = &TokenEntry> {
+        self.tokens.values().map(|live| &live.entry)
+    }
+
+    /// Remote name to the id of the token that owns it.
+    pub(super) fn names(&self) -> &BTreeMap<String, String> {
+        &self.names
+    }
+
+    /// A new token, not yet added: its id is unique among the tokens here, so it must be added
+    /// before any other new token is drawn. Returns it and its secret, which is kept nowhere.
+    pub(super) fn new_token(
+        &self,
+        scopes: Vec<Scope>,
+        label: String,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> (Live, String) {
+        let (id, secret) = loop {
+            let (id, secret) = secret::generate();
+            if !self.tokens.contains_key(&id) {
+                break (id, secret);
+            }
+        };
+        let hash = secret::hash(&secret);
+        let entry = TokenEntry {
+            id,
+            label,
+            scopes: scopes.iter().map(Scope::to_string).collect(),
+            sha256: secret::hex(&hash),
+            created: unix(now),
+            // At least a second, the file's resolution, so a short ttl does not end at once.
+            expires: ttl.map(|ttl| unix(now + ttl).max(unix(now) + 1)),
+            revoked: None,
+        };
+        let live = Live {
+            entry,
+            scopes: scopes.into(),
+            hash,
+            ended: CancellationToken::new(),
+            expiry_armed: false,
+        };
+        (live, secret)
+    }
+
+    /// Adds a token made by [`new_token`](Self::new_token).
+    pub(super) fn insert(&mut self, live: Live) {
+        self.tokens.insert(live.entry.id.clone(), live);
+        self.generation += 1;
+    }
+
+    /// Revokes a token at `now`, ends what it has open and frees its names. Revoking a revoked
+    /// token changes nothing.
+    pub(super) fn revoke(&mut self, id: &str, now: SystemTime) -> Result<(), TokenStoreError> {
+        let live = self
+            .tokens
+            .get_mut(id)
+            .ok_or_else(|| TokenStoreError::UnknownToken { id: id.to_owned() })?;
+        if live.entry.revoked.is_some() {
+            return Ok(());
+        }
+        live.entry.revoked = Some(unix(now));
+        live.ended.cancel();
+        self.names.retain(|_, owner| owner != id);
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// The token with this id, if any.
+    pub(super) fn live_mut(&mut self, id: &str) -> Option<&mut Live> {
+        self.tokens.get_mut(id)
+    }
+
+    /// Gives `name` to the token `id` unless another token that still counts owns it: a name
+    /// belongs to the first token that registers it, until that token is revoked or expires.
+    pub(super) fn claim(&mut self, name: &str, id: &str, now: SystemTime) -> Claim {
+        match self.names.get(name) {
+            Some(owner) if owner == id => return Claim::Owned,
+            Some(owner) if self.tokens.get(owner).is_some_and(|t| t.usable(now)) => {
+                return Claim::Taken;
+            }
+            // Nobody owns it, or its owner is revoked or expired: it is free.
+            _ => {}
+        }
+        self.names.insert(name.to_owned(), id.to_owned());
+        self.generation += 1;
+        Claim::Claimed
+    }
+
+    /// Every token, revoked ones included, by id.
+    pub(super) fn list(&self) -> Vec<TokenInfo> {
+        self.tokens
+            .keys()
+            .filter_map(|id| self.describe(id))
+            .collect()
+    }
+
+    /// The token with this id, as the store describes it.
+    pub(super) fn describe(&self, id: &str) -> Option<TokenInfo> {
+        let live = self.tokens.get(id)?;
+        Some(TokenInfo {
+            id: id.to_owned(),
+            label: live.entry.label.clone(),
+            scopes: live.scopes.to_vec(),
+            created: from_unix(live.entry.created),
+            expires: live.entry.expires.map(from_unix),
+            revoked: live.entry.revoked.map(from_unix),
+            owned_names: self
+                .names
+                .iter()
+                .filter(|(_, owner)| owner.as_str() == id)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        })
+    }
+
+    /// Moves every expiry into the past: expiry has a resolution of one second, too coarse to
+    /// wait for in a test.
+    #[cfg(test)]
+    pub(super) fn expire_all(&mut self) {
+        let past = unix(SystemTime::now()) - 1;
+        for live in self.tokens.values_mut() {
+            if let Some(expires) = live.entry.expires.as_mut() {
+                *expires = past;
+            }
+        }
+    }
+}
