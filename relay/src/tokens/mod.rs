@@ -14,12 +14,13 @@ mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tonic::Status;
 
 use crate::auth::Scope;
+use crate::lock;
 use persist::Written;
 use state::State;
 
@@ -110,13 +111,6 @@ pub struct OpenedStore {
     pub store: Arc<TokenStore>,
     /// The secret of the admin token created because the store did not exist: shown once.
     pub new_admin_token: Option<String>,
-}
-
-/// Locks `mutex` even if a thread panicked while holding it. The store's changes are a few
-/// assignments each, which leave it usable whatever the panic interrupted; refusing every
-/// later call because of one panic would stop the relay from authenticating anyone.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TokenStore {
