@@ -7,16 +7,13 @@
 //! - `commands`: one module per subcommand; `credentials`: what `login` stores, and which
 //!   relay, trust and token a command uses;
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
-//! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1;
-//! - `allocator` and `math`: how the process uses the C library.
+//! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
 
-mod allocator;
 mod args;
 mod commands;
 mod credentials;
 mod diagnostics;
 mod logging;
-mod math;
 mod report;
 mod spec;
 mod status;
@@ -29,7 +26,6 @@ use clap::Parser;
 use crate::args::{Cli, Command, RelayCommand};
 
 fn main() -> ExitCode {
-    allocator::tune();
     let cli = Cli::parse();
     logging::init(cli.verbose);
     let runtime = match runtime() {
