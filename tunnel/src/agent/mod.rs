@@ -33,11 +33,13 @@ mod publish;
 mod reconnect;
 mod session;
 mod supervisor;
+mod target;
 
-pub use forward::{Forward, Target};
+pub use forward::Forward;
 pub use listener::Listener;
 pub(crate) use observe::ConnectionMeter;
 pub use observe::{Event, Stats};
 pub use publish::{HttpProtocol, HttpPublish, Publish, Published, TcpPublish};
 pub use reconnect::Reconnect;
 pub use session::{Session, SessionBuilder};
+pub use target::Target;

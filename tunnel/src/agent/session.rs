@@ -14,13 +14,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::forward::{self, Forward, Target};
+use super::forward::{self, Forward};
 use super::link::{Link, Registration};
 use super::listener::Listener;
 use super::observe::{Event, Observer, Stats};
 use super::publish::{Publish, Published};
 use super::reconnect::Reconnect;
 use super::supervisor::supervise;
+use super::target::Target;
 use crate::connection::{ConnectionInfo, inbound_from_call, outbound};
 use crate::transport::DEFAULT_RELAY;
 use crate::wire::{self, ACCEPT_CONNECTION_PATH};
