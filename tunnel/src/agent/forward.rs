@@ -1,13 +1,40 @@
-//! Forwarding an exposed port to a [`Target`].
+//! [`Forward`]: an exposed port whose connections the session forwards to a [`Target`].
 
-use std::sync::Arc;
-
-use tracing::debug;
-
-use super::link::Link;
-use super::session::{Session, Shared};
+use super::control::Route;
+use super::publish::Publish;
+use super::session::Session;
 use super::target::Target;
-use crate::{Error, Ticket, format_duration, io_reason, join_tcp};
+use crate::Error;
+
+// Defined here rather than with the rest of `Session`, so that the session's module does not
+// depend on the handles it returns.
+impl Session {
+    /// Exposes `port` and forwards each connection dialed to it to `target`.
+    ///
+    /// The agent connects to the target when a dial arrives; if the target refuses, the dial
+    /// fails with [`Error::TargetRefused`] and the session carries on.
+    pub async fn forward(&self, port: u16, target: Target) -> Result<Forward, Error> {
+        self.forward_with(port, target, Publish::none()).await
+    }
+
+    /// Exposes `port`, published as `publish` says, and forwards each of its connections to
+    /// `target`. Fails like [`listen_with`](Self::listen_with).
+    pub async fn forward_with(
+        &self,
+        port: u16,
+        target: Target,
+        publish: Publish,
+    ) -> Result<Forward, Error> {
+        self.shared()
+            .expose(port, Route::Forward(target.clone()), publish)
+            .await?;
+        Ok(Forward {
+            session: self.clone(),
+            port,
+            target,
+        })
+    }
+}
 
 /// An exposed port whose connections the session forwards to a [`Target`]. Dropping it
 /// withdraws the port; connections already open keep running.
@@ -19,14 +46,6 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub(super) fn new(session: Session, port: u16, target: Target) -> Self {
-        Forward {
-            session,
-            port,
-            target,
-        }
-    }
-
     /// The exposed port.
     pub fn port(&self) -> u16 {
         self.port
@@ -41,34 +60,5 @@ impl Forward {
 impl Drop for Forward {
     fn drop(&mut self) {
         self.session.shared().unexpose(self.port);
-    }
-}
-
-/// Serves one dial notice: connects to the target first, so that a refused target fails the
-/// dial with a clear reason, then accepts the dial and copies bytes both ways until both
-/// directions have ended.
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    link: Arc<Link>,
-    ticket: Ticket,
-    port: u16,
-    peer: String,
-    target: Target,
-) {
-    let limit = link.target_timeout();
-    let tcp = match tokio::time::timeout(limit, target.connect()).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(error)) => {
-            let reason = format!("{target}: {}", io_reason(&error));
-            return shared.refuse(&link, ticket, port, peer, Error::TargetRefused { reason });
-        }
-        Err(_) => {
-            let reason = format!("{target}: no answer within {}", format_duration(limit));
-            return shared.refuse(&link, ticket, port, peer, Error::TargetRefused { reason });
-        }
-    };
-    let conn = shared.accept(&link, ticket, port, peer);
-    if let Err(error) = join_tcp(tcp, conn, &target.to_string()).await {
-        debug!(port, %target, %error, "forwarded connection failed");
     }
 }

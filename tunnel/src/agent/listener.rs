@@ -6,8 +6,42 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
+use super::control::Route;
+use super::publish::Publish;
 use super::session::Session;
 use crate::{Connection, Error};
+
+/// How many accepted connections may wait for a listener to take them.
+const LISTENER_BACKLOG: usize = 128;
+
+// Defined here rather than with the rest of `Session`, so that the session's module does not
+// depend on the handles it returns.
+impl Session {
+    /// Exposes `port` and returns the stream of connections dialed to it.
+    ///
+    /// Returns once the relay has confirmed the port: from then on dials reach the listener.
+    pub async fn listen(&self, port: u16) -> Result<Listener, Error> {
+        self.listen_with(port, Publish::none()).await
+    }
+
+    /// Exposes `port`, published as `publish` says, and returns the stream of connections
+    /// dialed to it or made to its public endpoints.
+    ///
+    /// Fails with the relay's refusal when it cannot publish the port (a TCP port that is
+    /// taken, HTTP on a relay without a domain); the session carries on.
+    pub async fn listen_with(&self, port: u16, publish: Publish) -> Result<Listener, Error> {
+        let (sender, incoming) = mpsc::channel(LISTENER_BACKLOG);
+        self.shared()
+            .expose(port, Route::Listener(sender), publish)
+            .await?;
+        Ok(Listener {
+            session: self.clone(),
+            port,
+            incoming,
+            ended: false,
+        })
+    }
+}
 
 /// The connections dialed to one exposed port: a `Stream` of [`Connection`]s.
 ///
@@ -23,15 +57,6 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub(super) fn new(session: Session, port: u16, incoming: mpsc::Receiver<Connection>) -> Self {
-        Listener {
-            session,
-            port,
-            incoming,
-            ended: false,
-        }
-    }
-
     /// The exposed port.
     pub fn port(&self) -> u16 {
         self.port

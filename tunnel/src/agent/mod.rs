@@ -25,6 +25,17 @@
 //! # Ok(()) }
 //! ```
 
+// Dependencies go one way, from the public handles down to the protocol logic:
+//
+// - `session` (the public `Session`), with `listener` and `forward` (the handles it returns,
+//   which define the methods that return them) on top;
+// - `supervisor`, the task that keeps a session up, and `dispatch`, which carries out what
+//   the control logic decides;
+// - `shared`, the state the handles and the task share;
+// - `control`, the protocol logic, without I/O; `link`, one registration with the relay;
+// - `target`, `publish`, `observe` and `reconnect`, which depend on none of these.
+mod control;
+mod dispatch;
 mod forward;
 mod link;
 mod listener;
@@ -32,6 +43,7 @@ mod observe;
 mod publish;
 mod reconnect;
 mod session;
+mod shared;
 mod supervisor;
 mod target;
 

@@ -9,10 +9,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
+use super::dispatch::execute;
 use super::link::Link;
 use super::observe::Event;
 use super::reconnect::{Reconnect, is_permanent};
-use super::session::Shared;
+use super::shared::Shared;
 use crate::{Error, format_duration, one_line, root_cause_phrase};
 
 /// How one link ended.
@@ -146,12 +147,13 @@ async fn run_link(
         };
         quiet.as_mut().reset(Instant::now() + silence);
         match message {
-            Ok(Some(message)) => {
-                if let Err(error) = shared.handle(link, message) {
+            Ok(Some(message)) => match shared.on_message(message) {
+                Ok(actions) => execute(shared, link, actions),
+                Err(error) => {
                     warn!(%error, "ending the session");
                     return LinkEnd::Lost(error);
                 }
-            }
+            },
             Ok(None) => {
                 return LinkEnd::Lost(Error::SessionClosed {
                     reason: "the relay ended the session".to_owned(),
