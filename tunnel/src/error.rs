@@ -233,6 +233,10 @@ impl Error {
 
 impl Error {
     /// The `google.rpc.Status` this error travels as inside a message (a dial failure).
+    /// [`status_from_rpc`] reads it back.
+    ///
+    /// Internal: for the relay and agents of this project, not a stable API.
+    #[doc(hidden)]
     pub fn to_rpc_status(&self) -> sesame_proto::RpcStatus {
         let status = self.to_status();
         // A status's details, when present, are an encoded `google.rpc.Status` whose own
@@ -249,6 +253,47 @@ impl Error {
             details,
         }
     }
+}
+
+/// The longest message kept from a status a peer sent inside a message, in characters.
+const MAX_RPC_MESSAGE_CHARS: usize = 1024;
+
+/// The most bytes of details (such as a reason) kept from a status a peer sent inside a
+/// message; larger details are dropped whole.
+const MAX_RPC_DETAILS_BYTES: usize = 4096;
+
+/// A `google.rpc.Status` a peer sent inside a message (a dial failure, an expose failure),
+/// as the [`Status`] it stands for, with its encoded self as the details so that
+/// [`Error::from_status`] finds its reason. The inverse of [`Error::to_rpc_status`].
+///
+/// What the peer chose is made safe to pass on: a failure that says `OK` becomes `UNKNOWN`,
+/// so it cannot read as success; the message is cut to 1024 characters; details over
+/// 4096 bytes are dropped, as part of them would not decode.
+///
+/// Internal: for the relay and agents of this project, not a stable API.
+#[doc(hidden)]
+pub fn status_from_rpc(status: sesame_proto::RpcStatus) -> Status {
+    let code = match Code::from_i32(status.code) {
+        Code::Ok => Code::Unknown,
+        code => code,
+    };
+    let message: String = status.message.chars().take(MAX_RPC_MESSAGE_CHARS).collect();
+    let details_len: usize = status
+        .details
+        .iter()
+        .map(|any| any.type_url.len() + any.value.len())
+        .sum();
+    let details = sesame_proto::RpcStatus {
+        code: code as i32,
+        message: message.clone(),
+        details: if details_len <= MAX_RPC_DETAILS_BYTES {
+            status.details
+        } else {
+            Vec::new()
+        },
+    };
+    let details = prost::Message::encode_to_vec(&details);
+    Status::with_details(code, message, details.into())
 }
 
 impl From<Error> for Status {
@@ -423,6 +468,43 @@ mod tests {
         let refused = Error::TargetRefused { reason: "x".into() }.to_rpc_status();
         assert_eq!(refused.code, Code::Unavailable as i32);
         assert_eq!(refused.details.len(), 1, "the ErrorInfo");
+    }
+
+    #[test]
+    fn rpc_statuses_read_back_as_the_errors_they_carry() {
+        let refused = Error::TargetRefused {
+            reason: "localhost:8080: connection refused".into(),
+        };
+        let status = status_from_rpc(refused.to_rpc_status());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(matches!(
+            Error::from_status(status),
+            Error::TargetRefused { reason } if reason == "localhost:8080: connection refused"
+        ));
+        let plain = status_from_rpc(Error::Status(Status::unavailable("busy")).to_rpc_status());
+        assert_eq!((plain.code(), plain.message()), (Code::Unavailable, "busy"));
+        assert!(matches!(Error::from_status(plain), Error::Status(_)));
+    }
+
+    #[test]
+    fn rpc_statuses_from_peers_are_bounded_and_never_ok() {
+        let ok = status_from_rpc(sesame_proto::RpcStatus::default());
+        assert_eq!(ok.code(), Code::Unknown);
+        let unknown_code = status_from_rpc(sesame_proto::RpcStatus {
+            code: 1000,
+            ..Default::default()
+        });
+        assert_eq!(unknown_code.code(), Code::Unknown);
+
+        let mut huge = Error::TargetRefused {
+            reason: "x".repeat(MAX_RPC_DETAILS_BYTES),
+        }
+        .to_rpc_status();
+        huge.message = "é".repeat(MAX_RPC_MESSAGE_CHARS + 1);
+        let status = status_from_rpc(huge);
+        assert_eq!(status.message().chars().count(), MAX_RPC_MESSAGE_CHARS);
+        // The reason did not fit: what is left is a status without one.
+        assert!(matches!(Error::from_status(status), Error::Status(_)));
     }
 
     #[test]

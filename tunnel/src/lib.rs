@@ -47,6 +47,7 @@ pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
 pub use error::{
     ERROR_DOMAIN, Error, format_duration, io_reason, one_line, root_cause_phrase, short_phrase,
+    status_from_rpc,
 };
 pub use name::RemoteName;
 pub use settings::TransportSettings;

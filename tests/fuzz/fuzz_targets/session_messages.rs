@@ -18,8 +18,8 @@ use sesame_proto::v1::{
     open_session_response,
 };
 use sesame_tunnel::settings::{MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, PROTOCOL_VERSION};
-use sesame_tunnel::{AgentKey, Error, RemoteName, Ticket, handshake};
-use tonic::{Code, Status};
+use sesame_tunnel::{AgentKey, Error, RemoteName, Ticket, handshake, status_from_rpc};
+use tonic::Code;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = OpenSessionRequest::decode(data) {
@@ -85,7 +85,7 @@ fn on_relay(request: OpenSessionRequest) {
             let _ = Ticket::from_bytes(&failure.ticket);
             if let Some(status) = failure.status {
                 // The relay passes the agent's status on to the dialer, who reads it back.
-                report(&Error::from_status(status_of(status)));
+                report(&from_peer(status));
             }
         }
         Some(Message::Heartbeat(_)) | None => {}
@@ -115,16 +115,7 @@ fn on_agent(response: OpenSessionResponse) {
         }
         Some(Message::ExposeFailure(failure)) => {
             let _ = u16::try_from(failure.port);
-            // As the agent does: the status, with itself encoded as the details.
-            let status = failure.status.unwrap_or_default();
-            let code = Code::from_i32(status.code);
-            let message = status.message.clone();
-            let details = status.encode_to_vec();
-            report(&Error::from_status(Status::with_details(
-                code,
-                message,
-                details.into(),
-            )));
+            report(&from_peer(failure.status.unwrap_or_default()));
         }
         Some(Message::Drain(drain)) => {
             let _ = drain.grace_period.and_then(|d| Duration::try_from(d).ok());
@@ -157,10 +148,13 @@ fn port_number(port: u32) -> Option<u16> {
     u16::try_from(port).ok().filter(|port| *port != 0)
 }
 
-/// A status received inside a message, as a status with its encoded self as the details.
-fn status_of(status: RpcStatus) -> Status {
-    let code = Code::from_i32(status.code);
-    Status::with_details(code, status.message.clone(), status.encode_to_vec().into())
+/// A status received inside a message, read back as both sides do: whatever the peer sent,
+/// it is a failure, and its message is bounded.
+fn from_peer(status: RpcStatus) -> Error {
+    let status = status_from_rpc(status);
+    assert_ne!(status.code(), Code::Ok);
+    assert!(status.message().chars().count() <= 1024);
+    Error::from_status(status)
 }
 
 /// Everything an error is shown or sent as.

@@ -17,7 +17,7 @@ use tracing::info;
 use super::observe::Event;
 use super::publish::{Publish, Published};
 use super::target::Target;
-use crate::{Connection, Error, RemoteName, Ticket, format_duration};
+use crate::{Connection, Error, RemoteName, Ticket, format_duration, status_from_rpc};
 
 /// What serves an exposed port.
 #[derive(Clone, Debug)]
@@ -183,7 +183,7 @@ impl Control {
             }
             Some(Message::ExposeFailure(failure)) => {
                 let port = port_number(failure.port, "the relay refused a port above 65535")?;
-                let status = status_of(failure.status.unwrap_or_default());
+                let status = status_from_rpc(failure.status.unwrap_or_default());
                 let answer = Answer::Refused(status);
                 vec![Action::Answer { port, answer }]
             }
@@ -234,15 +234,6 @@ impl Control {
             },
         })
     }
-}
-
-/// A status received inside a message, as a status with its encoded self as the details, so
-/// that its reason reaches [`Error::from_status`].
-fn status_of(status: sesame_proto::RpcStatus) -> Status {
-    let code = tonic::Code::from_i32(status.code);
-    let message = status.message.clone();
-    let details = prost::Message::encode_to_vec(&status);
-    Status::with_details(code, message, details.into())
 }
 
 /// A port number from the relay; `violation` says what a number above 65535 breaks.
@@ -520,6 +511,24 @@ mod tests {
             answer.outcome(),
             Err(Error::InvalidName { name, reason }) if name == "x" && reason == "too short"
         ));
+    }
+
+    #[test]
+    fn an_expose_failure_without_a_status_still_fails_the_waiters() {
+        let failure = message(open_session_response::Message::ExposeFailure(
+            ExposeFailure {
+                port: 22,
+                status: None,
+            },
+        ));
+        let actions = control().on_message(failure).unwrap();
+        let [Action::Answer { port: 22, answer }] = &actions[..] else {
+            panic!("unexpected {actions:?}");
+        };
+        assert!(
+            matches!(answer.outcome(), Err(error) if error.code() == Code::Unknown),
+            "{answer:?}"
+        );
     }
 
     #[test]
