@@ -359,13 +359,15 @@ fn code_name(code: Code) -> &'static str {
 
 /// An I/O error as a short lowercase phrase: `connection refused`, not
 /// `Connection refused (os error 111)`.
+///
+/// Internal: a text helper for the relay and CLI of this project, not a stable API.
 pub fn io_reason(error: &io::Error) -> String {
     short_phrase(&error.to_string())
 }
 
 /// A message as a short lowercase phrase: without an ` (os error N)` suffix, and with its
 /// first letter lowercased.
-pub fn short_phrase(message: &str) -> String {
+fn short_phrase(message: &str) -> String {
     let message = message.split(" (os error").next().unwrap_or(message);
     let mut chars = message.chars();
     match chars.next() {
@@ -376,6 +378,8 @@ pub fn short_phrase(message: &str) -> String {
 
 /// An error as one line: what failed, then its root cause as a short phrase when that adds
 /// something: `cannot reach relay at http://relay:7373: connection refused`.
+///
+/// Internal: a text helper for the relay and CLI of this project, not a stable API.
 pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     let first = error.to_string();
     let root = root_cause(error).to_string();
@@ -387,7 +391,7 @@ pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The innermost cause of `error` as a short phrase: `connection refused`, not
 /// `tcp connect error: Connection refused (os error 111)`.
-pub fn root_cause_phrase(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause_phrase(error: &(dyn std::error::Error + 'static)) -> String {
     short_cause(&root_cause(error).to_string())
 }
 
@@ -407,6 +411,8 @@ fn short_cause(cause: &str) -> String {
 }
 
 /// Formats a duration the way people say it: `10s`, `1.5s`, `250ms`.
+///
+/// Internal: a text helper for the relay and CLI of this project, not a stable API.
 pub fn format_duration(duration: Duration) -> String {
     if duration >= Duration::from_secs(1) {
         let secs = duration.as_secs_f64();

@@ -1,5 +1,8 @@
 //! How the four data-carrying messages map to the bytes of a connection.
 //!
+//! Internal: shared by the relay, the dialer and the agent of this project; not a stable API,
+//! and hidden from the documentation.
+//!
 //! Clients (dialers and agents) send [`ClientMessage`]s: data, or a reset; they end their
 //! direction by ending the request stream. Servers (the relay) send [`ServerMessage`]s: data,
 //! and `close_write` to end their direction, because a gRPC server cannot end its response

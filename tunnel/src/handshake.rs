@@ -1,5 +1,8 @@
 //! The session handshake as pure functions: what an agent says in its `Hello`, how a relay
 //! judges it, and how the agent judges the relay's `Welcome`. No sockets, no clocks.
+//!
+//! Internal: shared by the relay and the agent of this project; not a stable API, and hidden
+//! from the documentation.
 
 use std::time::Duration;
 

@@ -13,30 +13,38 @@
 //! - [`dialer`]: [`Dialer::dial`] opens a connection to a port of a remote.
 //! - [`Connection`]: what both ends see, `AsyncRead + AsyncWrite` with half-close;
 //!   [`join_tcp`] carries one between a TCP stream and the tunnel.
-//! - [`splice`]: how the relay joins a dialer's stream to an agent's.
-//! - [`handshake`]: the session handshake as pure functions.
-//! - [`frame`]: how data messages map to bytes; `pipe` (private) coalesces writes into chunks.
-//! - [`wire`]: how data messages are framed on the wire without copying their chunks.
 //! - [`Error`]: typed errors that travel as gRPC statuses with a reason.
 //! - [`RelayAccess`]: how a client reaches a relay ([`RelayUrl`], [`Trust`] with a pinned
 //!   [`Fingerprint`] or certificate authorities, a bearer [`Token`]), and the [`RelayChannel`]
 //!   it opens.
-//! - [`RemoteName`], [`Ticket`], [`SessionId`], [`AgentKey`], [`TransportSettings`]: the small
-//!   types the rest is built from.
+//! - [`RemoteName`], [`SessionId`], [`TransportSettings`]: the small types the rest is built
+//!   from.
+//!
+//! The crate also holds what the Sesame relay and CLI share with it: how the relay joins a
+//! dialer's stream to an agent's (`splice`), the session handshake as pure functions
+//! (`handshake`), how data messages map to bytes (`frame`) and are framed on the wire without
+//! copying their chunks (`wire`), the protocol's constants, dial tickets and agent keys, and
+//! text helpers for messages. Those are hidden from this documentation: they are internal to
+//! the project, not a stable API.
 
 pub mod agent;
 mod connection;
 pub mod dialer;
 mod error;
+#[doc(hidden)]
 pub mod frame;
+#[doc(hidden)]
 pub mod handshake;
 mod name;
 mod pipe;
+#[doc(hidden)]
 pub mod settings;
+#[doc(hidden)]
 pub mod splice;
 mod tcp;
 mod ticket;
 mod transport;
+#[doc(hidden)]
 pub mod wire;
 
 pub use agent::{
@@ -45,14 +53,16 @@ pub use agent::{
 };
 pub use connection::{Connection, ConnectionInfo};
 pub use dialer::Dialer;
-pub use error::{
-    ERROR_DOMAIN, Error, format_duration, io_reason, one_line, root_cause_phrase, short_phrase,
-    status_from_rpc,
-};
+pub(crate) use error::root_cause_phrase;
+pub use error::{ERROR_DOMAIN, Error};
+#[doc(hidden)]
+pub use error::{format_duration, io_reason, one_line, status_from_rpc};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
 pub use tcp::join_tcp;
-pub use ticket::{AgentKey, SessionId, Ticket};
+pub use ticket::SessionId;
+#[doc(hidden)]
+pub use ticket::{AgentKey, Ticket};
 pub use transport::{
     DEFAULT_PORT, DEFAULT_RELAY, Fingerprint, Presented, RelayAccess, RelayChannel, RelayUrl,
     Token, Trust,

@@ -1,4 +1,7 @@
 //! Protocol constants and the tuning shared by the relay and its clients.
+//!
+//! Internal: the constants are for the relay of this project; not a stable API, and hidden from
+//! the documentation. Embedders find [`TransportSettings`] at the crate root.
 
 use std::time::Duration;
 

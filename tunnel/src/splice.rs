@@ -1,6 +1,9 @@
 //! The relay's half of a connection: joining a dialer's Dial call to an agent's
 //! AcceptConnection call.
 //!
+//! Internal: for the relay of this project; not a stable API, and hidden from the
+//! documentation.
+//!
 //! Each direction is a stream transformation: the response stream the relay returns to one
 //! peer *is* the other peer's request stream, mapped message by message. No task and no
 //! buffer sits in between, so tonic pulls from one peer exactly as fast as HTTP/2 flow

@@ -12,6 +12,9 @@ fn random<const N: usize>() -> [u8; N] {
 /// A one-use secret that binds an agent's data stream to one dial: 128 random bits.
 ///
 /// Its `Debug` output is masked, so tickets never reach logs.
+///
+/// Internal: shared by the relay and the agent of this project; not a stable API, and hidden
+/// from the documentation.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Ticket([u8; 16]);
 
@@ -44,12 +47,18 @@ pub struct SessionId(String);
 
 impl SessionId {
     /// Draws a new session id.
+    ///
+    /// Internal: for the relay of this project, not a stable API.
+    #[doc(hidden)]
     pub fn generate() -> Self {
         let bytes: [u8; 16] = random();
         SessionId(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Wraps a session id received from the wire.
+    ///
+    /// Internal: for the relay of this project, not a stable API.
+    #[doc(hidden)]
     pub fn from_wire(id: String) -> Self {
         SessionId(id)
     }
@@ -71,6 +80,9 @@ impl fmt::Display for SessionId {
 /// that still holds it. 128 random bits when drawn; 16 to 64 bytes from the wire.
 ///
 /// Compared in constant time; its `Debug` output is masked.
+///
+/// Internal: shared by the relay and the agent of this project; not a stable API, and hidden
+/// from the documentation.
 #[derive(Clone)]
 pub struct AgentKey(Box<[u8]>);
 

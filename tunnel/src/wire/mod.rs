@@ -1,6 +1,9 @@
 //! The four data-carrying messages on the wire, framed by hand so that chunks are never
 //! copied.
 //!
+//! Internal: for the relay of this project; not a stable API, and hidden from the
+//! documentation.
+//!
 //! gRPC frames each message with a five-byte prefix (a compression flag and a length). Tonic's
 //! codec copies every received message into a buffer of its own before decoding it, and
 //! encodes every sent message into another; for a tunnel that is two copies of every byte in
