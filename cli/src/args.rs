@@ -18,7 +18,7 @@ use crate::spec::ExposeSpec;
     propagate_version = true,
     max_term_width = 100
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Which relay, and how to trust it and sign in.
     #[command(flatten)]
     pub client: ClientFlags,
@@ -40,7 +40,7 @@ pub struct Cli {
 /// Which relay a client uses, how it trusts the relay's certificate, and its token: flags and
 /// environment first, then what `sesame login` stored.
 #[derive(Debug, Args)]
-pub struct ClientFlags {
+pub(crate) struct ClientFlags {
     /// The relay to use (`https://HOST:PORT`, or `http://` for a plaintext relay on
     /// loopback); the one `sesame login` last logged in to, else https://127.0.0.1:7373.
     #[arg(long, global = true, env = "SESAME_RELAY", value_name = "URL")]
@@ -75,7 +75,7 @@ pub struct ClientFlags {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run or manage a relay.
     #[command(subcommand)]
     Relay(RelayCommand),
@@ -94,7 +94,7 @@ pub enum Command {
 
 /// `sesame login`
 #[derive(Debug, Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// The relay (`https://HOST:PORT`).
     #[arg(value_name = "RELAY_URL")]
     pub url: RelayUrl,
@@ -102,7 +102,7 @@ pub struct LoginArgs {
 
 /// `sesame logout`
 #[derive(Debug, Args)]
-pub struct LogoutArgs {
+pub(crate) struct LogoutArgs {
     /// The relay; the one --relay names, else the last one logged in to.
     #[arg(value_name = "RELAY_URL")]
     pub url: Option<RelayUrl>,
@@ -110,7 +110,7 @@ pub struct LogoutArgs {
 
 /// `sesame relay ...`
 #[derive(Debug, Subcommand)]
-pub enum RelayCommand {
+pub(crate) enum RelayCommand {
     /// Serve the relay: agents register with it, dialers connect through it.
     Serve(Box<ServeArgs>),
     /// Manage the relay's tokens (needs a token with the admin scope).
@@ -120,7 +120,7 @@ pub enum RelayCommand {
 
 /// `sesame relay token ...`
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a token; it is shown once.
     Create(TokenCreateArgs),
     /// List the relay's tokens.
@@ -131,7 +131,7 @@ pub enum TokenCommand {
 
 /// `sesame relay token create`
 #[derive(Debug, Args)]
-pub struct TokenCreateArgs {
+pub(crate) struct TokenCreateArgs {
     /// What the token may do: admin, expose:PATTERN (register remotes so named) or
     /// connect:PATTERN (dial them); `*` in a pattern matches anything. Repeatable.
     #[arg(long = "scope", required = true, value_name = "SCOPE", value_parser = parse_scope)]
@@ -148,7 +148,7 @@ pub struct TokenCreateArgs {
 
 /// `sesame relay token ls`
 #[derive(Debug, Args)]
-pub struct TokenLsArgs {
+pub(crate) struct TokenLsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -156,7 +156,7 @@ pub struct TokenLsArgs {
 
 /// `sesame relay token revoke`
 #[derive(Debug, Args)]
-pub struct TokenRevokeArgs {
+pub(crate) struct TokenRevokeArgs {
     /// The token's id (the 8 hex digits after `sesame_`, as `relay token ls` shows).
     #[arg(value_name = "ID")]
     pub id: String,
@@ -164,7 +164,7 @@ pub struct TokenRevokeArgs {
 
 /// `sesame relay serve`
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7373", value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -276,7 +276,7 @@ pub struct ServeArgs {
 
 /// `sesame expose`
 #[derive(Debug, Args)]
-pub struct ExposeArgs {
+pub(crate) struct ExposeArgs {
     /// The ports to expose: PORT (to localhost:PORT), HOST:PORT, PORT:PORT (exposed:local),
     /// or PORT:HOST:PORT.
     #[arg(required = true, value_name = "PORT")]
@@ -318,7 +318,7 @@ pub struct ExposeArgs {
 
 /// `sesame connect`
 #[derive(Debug, Args)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// The remote to connect to.
     pub name: RemoteName,
 
@@ -338,7 +338,7 @@ pub struct ConnectArgs {
 
 /// `sesame ls`
 #[derive(Debug, Args)]
-pub struct LsArgs {
+pub(crate) struct LsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -346,7 +346,7 @@ pub struct LsArgs {
 
 impl Cli {
     /// The transport tuning every subcommand uses.
-    pub fn transport(&self) -> TransportSettings {
+    pub(crate) fn transport(&self) -> TransportSettings {
         TransportSettings::default().with_dead_peer_timeout(self.keepalive)
     }
 }

@@ -27,7 +27,7 @@ fn config_dir() -> anyhow::Result<PathBuf> {
 
 /// `config.json`: which relay is the default, and how each relay is trusted.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Config {
+pub(crate) struct Config {
     /// The relay commands use when neither --relay nor SESAME_RELAY names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_relay: Option<String>,
@@ -38,7 +38,7 @@ pub struct Config {
 
 /// How one relay is trusted.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct RelayEntry {
+pub(crate) struct RelayEntry {
     /// The pinned certificate fingerprint, for a self-signed relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
@@ -49,7 +49,7 @@ pub struct RelayEntry {
 
 /// Where a token was stored.
 #[derive(Debug)]
-pub enum Stored {
+pub(crate) enum Stored {
     /// In the system keyring.
     Keyring,
     /// In this file, because the keyring could not be used (the reason).
@@ -57,13 +57,13 @@ pub enum Stored {
 }
 
 /// The user's stored settings and tokens.
-pub struct Credentials {
+pub(crate) struct Credentials {
     dir: PathBuf,
 }
 
 impl Credentials {
     /// The store of the user running this.
-    pub fn open() -> anyhow::Result<Self> {
+    pub(crate) fn open() -> anyhow::Result<Self> {
         Ok(Credentials { dir: config_dir()? })
     }
 
@@ -76,17 +76,17 @@ impl Credentials {
     }
 
     /// The settings; empty when none were saved.
-    pub fn config(&self) -> anyhow::Result<Config> {
+    pub(crate) fn config(&self) -> anyhow::Result<Config> {
         read_json(&self.config_path())
     }
 
     /// Saves the settings.
-    pub fn save_config(&self, config: &Config) -> anyhow::Result<()> {
+    pub(crate) fn save_config(&self, config: &Config) -> anyhow::Result<()> {
         write_private(&self.dir, &self.config_path(), config)
     }
 
     /// Stores `token` for `relay`: in the keyring if one answers, else in the file.
-    pub fn store_token(&self, relay: &RelayUrl, token: &Token) -> anyhow::Result<Stored> {
+    pub(crate) fn store_token(&self, relay: &RelayUrl, token: &Token) -> anyhow::Result<Stored> {
         let reason = match keyring_set(relay, token) {
             Ok(()) => {
                 // A token left in the file from an earlier login would outlive this one.
@@ -103,7 +103,7 @@ impl Credentials {
     }
 
     /// The token stored for `relay`, from the keyring or the file.
-    pub fn token(&self, relay: &RelayUrl) -> anyhow::Result<Option<Token>> {
+    pub(crate) fn token(&self, relay: &RelayUrl) -> anyhow::Result<Option<Token>> {
         if let Some(token) = keyring_get(relay) {
             return Ok(Some(token));
         }
@@ -117,7 +117,7 @@ impl Credentials {
     }
 
     /// Forgets `relay`'s token (keyring and file) and settings; says what there was.
-    pub fn forget(&self, relay: &RelayUrl) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn forget(&self, relay: &RelayUrl) -> anyhow::Result<Vec<String>> {
         let mut forgotten = Vec::new();
         if keyring_delete(relay) {
             forgotten.push("its token in the system keyring".to_owned());
@@ -240,7 +240,7 @@ fn write_private<T: Serialize>(dir: &Path, path: &Path, value: &T) -> anyhow::Re
 
 /// The relay, trust and token a command uses: flags and environment first, then what
 /// `login` stored, then the defaults.
-pub fn resolve(cli: &ClientFlags) -> anyhow::Result<RelayAccess> {
+pub(crate) fn resolve(cli: &ClientFlags) -> anyhow::Result<RelayAccess> {
     let credentials = Credentials::open()?;
     let config = credentials.config()?;
     let url = match &cli.relay {
@@ -283,7 +283,7 @@ pub fn resolve(cli: &ClientFlags) -> anyhow::Result<RelayAccess> {
 }
 
 /// Trusts the authorities in a CA file.
-pub fn trust_ca(path: &Path) -> anyhow::Result<Trust> {
+pub(crate) fn trust_ca(path: &Path) -> anyhow::Result<Trust> {
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Trust::authorities_from_pem(&pem)
         .map_err(anyhow::Error::msg)

@@ -11,12 +11,12 @@ use tokio::signal::unix::{SignalKind, signal};
 static RELAY_WORKERS: OnceLock<WorkerTasks> = OnceLock::new();
 
 /// Counts the tasks and threads of a relay's workers in the stats line too.
-pub fn include_relay_workers(workers: WorkerTasks) {
+pub(crate) fn include_relay_workers(workers: WorkerTasks) {
     let _ = RELAY_WORKERS.set(workers);
 }
 
 /// Answers SIGUSR1 with a stats line, for as long as the runtime runs.
-pub fn answer_stats_requests() {
+pub(crate) fn answer_stats_requests() {
     let Ok(mut requests) = signal(SignalKind::user_defined1()) else {
         return;
     };

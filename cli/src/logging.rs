@@ -11,12 +11,12 @@ use tracing_subscriber::fmt::MakeWriter;
 static STATUS_LINE: OnceLock<ProgressBar> = OnceLock::new();
 
 /// Routes log lines around `bar` from now on.
-pub fn attach_status_line(bar: ProgressBar) {
+pub(crate) fn attach_status_line(bar: ProgressBar) {
     let _ = STATUS_LINE.set(bar);
 }
 
 /// Installs the subscriber: warnings by default, more with each `-v`.
-pub fn init(verbosity: u8) {
+pub(crate) fn init(verbosity: u8) {
     let default = match verbosity {
         0 => "warn",
         1 => "info",

@@ -12,7 +12,7 @@ fn mentions_certificate(error: &Error) -> bool {
 }
 
 /// The error as one line: what failed, then its root cause, if it adds anything.
-pub fn one_line(error: &anyhow::Error) -> String {
+pub(crate) fn one_line(error: &anyhow::Error) -> String {
     sesame_tunnel::one_line(error.as_ref())
 }
 
@@ -31,7 +31,7 @@ fn status_hint(code: Code) -> Option<&'static str> {
 }
 
 /// What the user might do about `error`, if there is something to suggest.
-pub fn hint(error: &anyhow::Error) -> Option<&'static str> {
+pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
         if let Some(status) = cause.downcast_ref::<sesame_tunnel::tonic::Status>() {
             return status_hint(status.code());

@@ -8,7 +8,7 @@ use sesame_tunnel::Target;
 
 /// One port to expose, and the target its connections go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExposeSpec {
+pub(crate) struct ExposeSpec {
     /// The port dialers ask for.
     pub port: u16,
     /// Where the agent connects for each dial.

@@ -14,7 +14,7 @@ use crate::logging;
 const REFRESH: Duration = Duration::from_millis(250);
 
 /// Shows the session's activity until the session ends, including what happened just before.
-pub async fn show(session: &Session) {
+pub(crate) async fn show(session: &Session) {
     if std::io::stdout().is_terminal() {
         live_line(session).await
     } else {

@@ -43,6 +43,7 @@ const MAX_MESSAGE: usize = 64 << 20;
 ///
 /// Both set the response metadata `x-authority` to the request's URI authority (its `host`
 /// header when it has none) as the server saw it. Stops when dropped.
+#[derive(Debug)]
 pub struct GrpcEcho {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,

@@ -136,6 +136,7 @@ impl Body for DownloadBody {
 /// - anything else: `404`.
 ///
 /// Stops, with every connection, when dropped.
+#[derive(Debug)]
 pub struct HttpBackend {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,

@@ -48,6 +48,7 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
 }
 
 /// A relay running in this process.
+#[derive(Debug)]
 pub struct TestRelay {
     url: RelayUrl,
     stop: Option<oneshot::Sender<()>>,
@@ -321,6 +322,7 @@ pub async fn echo_listener(session: &Session, port: u16) {
 /// A TCP proxy on `127.0.0.1:0` in front of `upstream` whose connections can be frozen:
 /// their sockets stay open but no byte moves any more, as when a link dies silently (a
 /// sleeping laptop, a NAT that forgot the mapping). Connections made after a freeze flow.
+#[derive(Debug)]
 pub struct FreezingProxy {
     addr: SocketAddr,
     freeze: std::sync::Arc<std::sync::Mutex<watch::Sender<bool>>>,

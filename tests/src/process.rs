@@ -56,6 +56,7 @@ pub enum Stream {
 }
 
 /// A long-running process whose output lines a test waits on. Killed when dropped.
+#[derive(Debug)]
 pub struct Process {
     child: Child,
     lines: mpsc::UnboundedReceiver<(Stream, String)>,

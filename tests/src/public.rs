@@ -18,6 +18,7 @@ use sesame_tunnel::RelayUrl;
 pub const DOMAIN: &str = "tunnel.test";
 
 /// A relay with HTTP and HTTPS virtual hosts and TCP ports, stopped when dropped.
+#[derive(Debug)]
 pub struct PublicRelay {
     /// Where agents and dialers reach it.
     pub url: RelayUrl,

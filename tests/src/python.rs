@@ -103,6 +103,7 @@ pub fn report(name: &str, output: &Output) -> serde_json::Value {
 /// `ws_echo.py server`: a WebSocket echo server (the `websockets` library) on `127.0.0.1:0`.
 /// It echoes text and binary messages, and answers the text message `whoami` with JSON of the
 /// request's path and `Host` header: `{"path": "...", "host": "..."}`. Killed when dropped.
+#[derive(Debug)]
 pub struct WsEchoServer {
     process: Process,
     addr: SocketAddr,

@@ -35,6 +35,16 @@ pub struct SecureRelay {
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for SecureRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token store has no `Debug`: it holds secrets.
+        f.debug_struct("SecureRelay")
+            .field("addr", &self.addr)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SecureRelay {
     /// Starts one with default settings.
     pub async fn start() -> Self {
@@ -175,6 +185,16 @@ pub struct LegitTransfer {
     echoed: JoinHandle<std::io::Result<(u64, [u8; 32])>>,
     data: Vec<u8>,
     sent: usize,
+}
+
+impl std::fmt::Debug for LegitTransfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Progress rather than 32 MiB of data.
+        f.debug_struct("LegitTransfer")
+            .field("sent", &self.sent)
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LegitTransfer {

@@ -115,12 +115,12 @@ pub enum Error {
 
 /// A machine-readable reason, carried in `google.rpc.ErrorInfo.reason`.
 mod reason {
-    pub const REMOTE_NOT_FOUND: &str = "REMOTE_NOT_FOUND";
-    pub const PORT_NOT_EXPOSED: &str = "PORT_NOT_EXPOSED";
-    pub const TARGET_REFUSED: &str = "TARGET_REFUSED";
-    pub const NAME_IN_USE: &str = "NAME_IN_USE";
-    pub const INVALID_NAME: &str = "INVALID_NAME";
-    pub const PROTOCOL: &str = "PROTOCOL";
+    pub(super) const REMOTE_NOT_FOUND: &str = "REMOTE_NOT_FOUND";
+    pub(super) const PORT_NOT_EXPOSED: &str = "PORT_NOT_EXPOSED";
+    pub(super) const TARGET_REFUSED: &str = "TARGET_REFUSED";
+    pub(super) const NAME_IN_USE: &str = "NAME_IN_USE";
+    pub(super) const INVALID_NAME: &str = "INVALID_NAME";
+    pub(super) const PROTOCOL: &str = "PROTOCOL";
 }
 
 impl Error {

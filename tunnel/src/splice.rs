@@ -96,6 +96,13 @@ pub struct LocalDial {
     writer: PipeWriter,
 }
 
+impl std::fmt::Debug for LocalDial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pipe holds bytes in flight, not state worth showing.
+        f.debug_struct("LocalDial").finish_non_exhaustive()
+    }
+}
+
 impl LocalDial {
     /// Starts a local dial: what it writes goes out in chunks of `settings.chunk_bytes`.
     pub fn new(settings: &TransportSettings) -> (LocalDial, FromDialer) {

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use crate::args::ConnectArgs;
 
-pub async fn run(
+pub(crate) async fn run(
     relay: RelayAccess,
     args: ConnectArgs,
     settings: TransportSettings,

@@ -12,7 +12,7 @@ use crate::args::ExposeArgs;
 use crate::spec::ExposeSpec;
 use crate::status;
 
-pub async fn run(
+pub(crate) async fn run(
     access: RelayAccess,
     args: ExposeArgs,
     transport: TransportSettings,

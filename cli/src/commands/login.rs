@@ -11,7 +11,7 @@ use sesame_tunnel::{Error, Fingerprint, RelayAccess, RelayUrl, Token, TransportS
 use crate::args::{ClientFlags, LoginArgs, LogoutArgs};
 use crate::credentials::{Credentials, RelayEntry, Stored, trust_ca};
 
-pub async fn login(cli: &ClientFlags, args: LoginArgs) -> anyhow::Result<()> {
+pub(crate) async fn login(cli: &ClientFlags, args: LoginArgs) -> anyhow::Result<()> {
     let url = args.url;
     let settings = TransportSettings::default();
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
@@ -156,7 +156,7 @@ fn pinned(fingerprint: Fingerprint) -> Trust {
     Trust::Pinned(fingerprint)
 }
 
-pub fn logout(cli: &ClientFlags, args: LogoutArgs) -> anyhow::Result<()> {
+pub(crate) fn logout(cli: &ClientFlags, args: LogoutArgs) -> anyhow::Result<()> {
     let credentials = Credentials::open()?;
     let url = match args.url.or_else(|| cli.relay.clone()) {
         Some(url) => url,

@@ -52,7 +52,7 @@ impl RemoteRow {
     }
 }
 
-pub async fn run(access: RelayAccess, args: LsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(access: RelayAccess, args: LsArgs) -> anyhow::Result<()> {
     let channel = access.connect(&TransportSettings::default()).await?;
     let relay = &access.url;
     let mut client = RemoteServiceClient::new(channel);

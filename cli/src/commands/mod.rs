@@ -1,16 +1,16 @@
 //! One module per subcommand.
 
-pub mod connect;
-pub mod expose;
-pub mod login;
-pub mod ls;
-pub mod relay;
-pub mod token;
+pub(crate) mod connect;
+pub(crate) mod expose;
+pub(crate) mod login;
+pub(crate) mod ls;
+pub(crate) mod relay;
+pub(crate) mod token;
 
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM. The handlers are
 /// installed when this is called, not when the future is first polled, so a command that calls
 /// it before it starts work cannot be killed outright by a signal that comes early.
-pub fn stop_requested() -> impl Future<Output = ()> {
+pub(crate) fn stop_requested() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

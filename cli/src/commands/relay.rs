@@ -19,7 +19,7 @@ use crate::diagnostics;
 /// How often the certificate files are checked for changes.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
 
-pub async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyhow::Result<()> {
     if args.domain.is_some() && args.http_listen.is_none() && args.https_listen.is_none() {
         bail!("--domain needs --http-listen or --https-listen: where to serve the virtual hosts");
     }

@@ -14,7 +14,7 @@ async fn client(access: &RelayAccess) -> anyhow::Result<TokenServiceClient<Relay
     Ok(TokenServiceClient::new(channel))
 }
 
-pub async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::Result<()> {
     let mut tokens = client(&access).await?;
     match command {
         TokenCommand::Create(args) => create(&mut tokens, args).await,
@@ -113,7 +113,7 @@ struct TokenRow {
 mod humantime_serde_opt {
     use std::time::SystemTime;
 
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         time: &Option<SystemTime>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {

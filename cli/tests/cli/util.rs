@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 /// The longest any one step may take before the test fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The binary under test.
-pub fn sesame() -> Command {
+pub(crate) fn sesame() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sesame"));
     command
         .env_remove("SESAME_RELAY")
@@ -32,7 +32,7 @@ pub fn sesame() -> Command {
 }
 
 /// Fails clearly when a tool the tests need is missing.
-pub fn require(tool: &str) {
+pub(crate) fn require(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -41,7 +41,7 @@ pub fn require(tool: &str) {
 }
 
 /// A fresh directory for one test.
-pub fn scratch_dir() -> PathBuf {
+pub(crate) fn scratch_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "cli-{}-{}",
@@ -54,7 +54,7 @@ pub fn scratch_dir() -> PathBuf {
 }
 
 /// `len` random bytes.
-pub fn random_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut data = vec![0; len];
     std::fs::File::open("/dev/urandom")
         .unwrap()
@@ -64,7 +64,7 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 /// The SHA-256 of `data`, in hex.
-pub fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -72,7 +72,7 @@ pub fn sha256(data: &[u8]) -> String {
 }
 
 /// A port on loopback that nothing listens on.
-pub fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -81,7 +81,7 @@ pub fn closed_port() -> u16 {
 }
 
 /// Runs a command to its end, feeding it `stdin`; fails the test if it takes too long.
-pub fn run(mut command: Command, stdin: &[u8]) -> Output {
+pub(crate) fn run(mut command: Command, stdin: &[u8]) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -110,26 +110,26 @@ pub fn run(mut command: Command, stdin: &[u8]) -> Output {
 }
 
 /// Runs `sesame ARGS` to its end with empty stdin.
-pub fn sesame_run(args: &[&str]) -> Output {
+pub(crate) fn sesame_run(args: &[&str]) -> Output {
     let mut command = sesame();
     command.args(args);
     run(command, b"")
 }
 
 /// Text of a command's output stream.
-pub fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Which output stream a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 /// A long-running process whose output lines the test waits on. Killed when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: mpsc::Receiver<(Stream, String)>,
     seen: Vec<(Stream, String)>,
@@ -137,7 +137,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `command` with piped output.
-    pub fn start(mut command: Command) -> Proc {
+    pub(crate) fn start(mut command: Command) -> Proc {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -169,24 +169,24 @@ impl Proc {
     }
 
     /// The process id.
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.child.id()
     }
 
     /// Starts `sesame ARGS`.
-    pub fn sesame(args: &[&str]) -> Proc {
+    pub(crate) fn sesame(args: &[&str]) -> Proc {
         let mut command = sesame();
         command.args(args);
         Proc::start(command)
     }
 
     /// Waits for a stdout line that `matches` accepts, and returns it.
-    pub fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
         self.wait_for_on(Stream::Stdout, matches)
     }
 
     /// Waits for a line on `wanted` that `matches` accepts, and returns it.
-    pub fn wait_for_on(&mut self, wanted: Stream, matches: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for_on(&mut self, wanted: Stream, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -207,7 +207,7 @@ impl Proc {
 
     /// Waits for the process to exit (it must close its output first) and returns its
     /// status and everything it printed.
-    pub fn wait_exit(&mut self) -> (ExitStatus, String) {
+    pub(crate) fn wait_exit(&mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -226,7 +226,7 @@ impl Proc {
     }
 
     /// Sends a signal (`TERM`, `KILL`, ...).
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
@@ -235,12 +235,12 @@ impl Proc {
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// Everything printed so far, stderr lines marked.
-    pub fn transcript(&self) -> String {
+    pub(crate) fn transcript(&self) -> String {
         self.seen
             .iter()
             .map(|(stream, line)| match stream {
@@ -260,7 +260,7 @@ impl Drop for Proc {
 
 /// A relay on an ephemeral port, with TLS (a self-signed certificate) and tokens, as
 /// `relay serve` runs by default.
-pub struct Relay {
+pub(crate) struct Relay {
     pub proc: Proc,
     /// `https://127.0.0.1:PORT`
     pub url: String,
@@ -273,12 +273,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn start() -> Relay {
+    pub(crate) fn start() -> Relay {
         Relay::start_with("127.0.0.1:0", &[])
     }
 
     /// A relay on `addr` with more `relay serve` arguments.
-    pub fn start_with(addr: &str, extra: &[&str]) -> Relay {
+    pub(crate) fn start_with(addr: &str, extra: &[&str]) -> Relay {
         let data_dir = scratch_dir();
         let mut proc = Relay::serve(addr, &data_dir, extra);
         let line = proc.wait_for(|line| line.starts_with("relay listening on "));
@@ -298,7 +298,7 @@ impl Relay {
 
     /// A relay on this one's address and data directory, standing in for it after it stopped:
     /// same tokens, same certificate.
-    pub fn successor(&self) -> Relay {
+    pub(crate) fn successor(&self) -> Relay {
         let addr = self.url.trim_start_matches("https://");
         let mut proc = Relay::serve(addr, &self.data_dir, &[]);
         proc.wait_for(|line| line.starts_with("relay listening on "));
@@ -320,7 +320,7 @@ impl Relay {
     }
 
     /// `sesame` with this relay, its fingerprint and `token`.
-    pub fn command_with(&self, token: &str) -> Command {
+    pub(crate) fn command_with(&self, token: &str) -> Command {
         let mut command = sesame();
         command
             .args(["--relay", &self.url, "--fingerprint", &self.fingerprint])
@@ -329,7 +329,7 @@ impl Relay {
     }
 
     /// Creates a token with `scopes` through `relay token create`, and returns it.
-    pub fn create_token(&self, scopes: &[&str]) -> String {
+    pub(crate) fn create_token(&self, scopes: &[&str]) -> String {
         let mut args = vec!["relay", "token", "create"];
         for scope in scopes {
             args.extend_from_slice(&["--scope", scope]);
@@ -346,26 +346,26 @@ impl Relay {
     }
 
     /// `sesame` with this relay, its fingerprint and the admin token.
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         self.command_with(&self.token)
     }
 
     /// `sesame --relay URL ARGS` with the admin token, as a long-running process.
-    pub fn sesame(&self, args: &[&str]) -> Proc {
+    pub(crate) fn sesame(&self, args: &[&str]) -> Proc {
         let mut command = self.command();
         command.args(args);
         Proc::start(command)
     }
 
     /// `sesame --relay URL ARGS` with the admin token, run to its end with `stdin`.
-    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+    pub(crate) fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut command = self.command();
         command.args(args);
         run(command, stdin)
     }
 
     /// Exposes `ports` as `name` and waits until every port is reachable.
-    pub fn expose(&self, name: &str, ports: &[&str]) -> Proc {
+    pub(crate) fn expose(&self, name: &str, ports: &[&str]) -> Proc {
         let mut args = vec!["expose", "--name", name];
         args.extend_from_slice(ports);
         let mut proc = self.sesame(&args);
@@ -379,13 +379,13 @@ impl Relay {
 
 /// A TCP service on an ephemeral port that writes `tick N` lines to each client, one every
 /// 20 ms, until the client goes away: a transfer that is always in progress.
-pub struct Ticker {
+pub(crate) struct Ticker {
     pub _proc: Proc,
     pub port: u16,
 }
 
 impl Ticker {
-    pub fn start() -> Ticker {
+    pub(crate) fn start() -> Ticker {
         require("python3");
         const SCRIPT: &str = r#"
 import socket, sys, threading, time
@@ -412,7 +412,7 @@ while True:
 }
 
 /// `python3 -m http.server` on an ephemeral port, serving a directory with one random file.
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     pub _proc: Proc,
     pub port: u16,
     /// The file's name and contents.
@@ -420,7 +420,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(file_len: usize) -> HttpServer {
+    pub(crate) fn start(file_len: usize) -> HttpServer {
         require("python3");
         let dir = scratch_dir();
         let data = random_bytes(file_len);
@@ -454,7 +454,7 @@ impl HttpServer {
 }
 
 /// Splits an HTTP/1.0 response into its status line and body.
-pub fn http_body(response: &[u8]) -> (String, &[u8]) {
+pub(crate) fn http_body(response: &[u8]) -> (String, &[u8]) {
     let end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -38,6 +38,17 @@ pub struct EncodeBody<S> {
     done: bool,
 }
 
+impl<S> std::fmt::Debug for EncodeBody<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The message stream is usually an unnameable combinator without `Debug`.
+        f.debug_struct("EncodeBody")
+            .field("sender", &self.sender)
+            .field("chunk", &self.chunk.as_ref().map(Bytes::len))
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> EncodeBody<S> {
     /// A request body: a client's messages.
     pub fn client(messages: S) -> Self {
