@@ -8,17 +8,11 @@ use sesame_proto::v1::{
     DialFailure, ExposeFailure, ExposedPort, OpenSessionRequest, PortExposed, open_session_request,
     open_session_response,
 };
-use sesame_tunnel::{Error, Ticket};
+use sesame_tunnel::{Error, Ticket, status_from_rpc};
 use tonic::Status;
 
 use crate::port_number;
 use crate::registry::PublicEndpoints;
-
-/// The longest message of a dial failure the relay passes on to the dialer.
-const MAX_FAILURE_MESSAGE: usize = 1024;
-
-/// The most bytes of error details (such as a reason) of a dial failure the relay passes on.
-const MAX_FAILURE_DETAILS: usize = 4096;
 
 /// What the session's task does in answer to a control message.
 #[derive(Debug)]
@@ -134,29 +128,10 @@ fn fail_dial(failure: DialFailure) -> Option<Action> {
 /// A status an agent reported, made safe to pass on: a real error code, a bounded message,
 /// and details only when they are small.
 fn status_from_agent(status: Option<sesame_proto::RpcStatus>) -> Status {
-    let Some(mut status) = status else {
-        return Status::unknown("the remote refused the connection without a reason");
-    };
-    if status.code == tonic::Code::Ok as i32 {
-        status.code = tonic::Code::Unknown as i32;
-    }
-    status.message = status.message.chars().take(MAX_FAILURE_MESSAGE).collect();
-    let details_len: usize = status
-        .details
-        .iter()
-        .map(|any| any.value.len() + any.type_url.len())
-        .sum();
-    if details_len > MAX_FAILURE_DETAILS {
-        status.details.clear();
-    }
-    status_from_rpc(status)
-}
-
-/// A `google.rpc.Status` as a gRPC status, its details kept.
-fn status_from_rpc(status: sesame_proto::RpcStatus) -> Status {
-    let code = tonic::Code::from_i32(status.code);
-    let message = status.message.clone();
-    Status::with_details(code, message, prost::Message::encode_to_vec(&status).into())
+    status.map_or_else(
+        || Status::unknown("the remote refused the connection without a reason"),
+        status_from_rpc,
+    )
 }
 
 #[cfg(test)]
@@ -309,7 +284,7 @@ mod tests {
         };
         assert_eq!(failed, &ticket);
         assert_eq!(status.code(), tonic::Code::Unknown);
-        assert_eq!(status.message().len(), MAX_FAILURE_MESSAGE);
+        assert_eq!(status.message().len(), 1024, "bounded");
 
         let actions = control.on_message(refusal(None)).unwrap();
         let [Action::FailDial { status, .. }] = &actions[..] else {

@@ -35,6 +35,12 @@ pub struct HttpFront {
     front: Arc<Front>,
 }
 
+impl std::fmt::Debug for HttpFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpFront").finish_non_exhaustive()
+    }
+}
+
 impl Default for HttpFront {
     fn default() -> Self {
         let site = HttpSite {

@@ -5,7 +5,7 @@
 //! may list the connected remotes (`RemoteService`); administrators manage tokens
 //! (`TokenService`). All four are gRPC services on one listener, over TLS unless told
 //! otherwise. The relay never opens a connection of its own: it joins a dialer's stream to
-//! the data stream the agent opens in answer, with [`sesame_tunnel::splice`].
+//! the data stream the agent opens in answer.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,26 +19,30 @@
 //!
 //! # Layout
 //!
-//! - [`server`](Relay): the services on one listener, and graceful shutdown; `serving`: the
-//!   listener's connections, served by tonic; `workers`: the threads that serve connections,
-//!   each connection on one;
-//! - `tunnel`: agent sessions (control streams) and the data streams that accept dials;
-//! - `dialer`: dials, parked under a ticket until the agent answers;
-//! - `data_calls`: the two calls that carry connections, served with
-//!   [`sesame_tunnel::wire`]'s framing so that chunks cross the relay uncopied;
-//! - `remotes`: `GetRemote` and `ListRemotes`;
+//! - [`server`](Relay): builds the parts, gives each service only the handles it uses, and
+//!   runs the listeners until a graceful shutdown; `serving`: the gRPC listener's
+//!   connections, served by tonic's `Server`; `workers`: the threads that serve connections,
+//!   each connection on one; `shutdown`: when draining begins and when connections are cut;
+//! - `tunnel`: `TunnelService`, agent sessions (control streams) and the data streams that
+//!   accept dials; `control`: what a session's control messages mean, as plain functions
+//!   over its state;
+//! - `dialer`: `DialerService`; `sessions`: the agent sessions a relay can dial, behind the
+//!   `Sessions` seam, and the one dial path that `Dial` calls and public endpoints share;
+//! - `data_calls`: the two calls that carry connections, served with the protocol core's own
+//!   framing so that chunks cross the relay uncopied;
+//! - `remotes`: `RemoteService` (`GetRemote` and `ListRemotes`);
 //! - [`registry`]: who is connected, behind the [`Registry`] trait;
-//! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes, and the
-//!   [`Caller`](auth::Caller) and [`Scope`](auth::Scope)s it yields; [`tokens`]: the
-//!   [`TokenStore`] of bearer tokens, and `token_service`: `TokenService`, which manages it;
+//! - [`auth`]: the [`Authorize`](auth::Authorize) check every call passes (through `Gate`,
+//!   which also locks out addresses that fail too often), and the [`Caller`](auth::Caller)
+//!   and [`Scope`](auth::Scope)s it yields; [`tokens`]: the [`TokenStore`] of bearer tokens,
+//!   and `token_service`: `TokenService`, which manages it;
 //! - `endpoints`: public endpoints (HTTP virtual hosts, TCP ports), who holds them, and the
-//!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy; `dial`: the dial path
-//!   that Dial calls and public endpoints share;
+//!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy;
 //! - [`tls`]: the certificate for TLS (given, or self-signed in the data directory), reloaded
 //!   when its files change; `handshake`: TLS connections for the gRPC listener;
 //!   `private_file`: files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
-//! - `state`: what the services share; [`config`]: the settings;
+//! - [`config`]: every setting, depending on nothing else of the relay;
 //! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
 
 pub mod auth;

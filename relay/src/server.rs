@@ -71,6 +71,17 @@ pub struct RelayBuilder {
     tcp_ports: Option<TcpPortRange>,
 }
 
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("config", &self.config)
+            .field("domain", &self.domain)
+            .field("public_listeners", &self.public.len())
+            .field("tcp_ports", &self.tcp_ports)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RelayBuilder {
     /// The relay's settings.
     pub fn config(mut self, config: RelayConfig) -> Self {

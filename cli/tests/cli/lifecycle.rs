@@ -124,16 +124,3 @@ fn help_names_every_command() {
         assert!(help.contains(&format!("  {command} ")), "{help}");
     }
 }
-
-/// The executable defines `pow` itself (`cli/src/math.rs`), so no process loads libm.
-#[test]
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn a_running_relay_maps_no_c_math_library() {
-    let relay = Relay::start();
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", relay.proc.id())).unwrap();
-    assert!(maps.contains("/libc.so"), "the C library is mapped: {maps}");
-    assert!(
-        !maps.contains("/libm.so"),
-        "the math library is mapped: {maps}"
-    );
-}

@@ -168,11 +168,6 @@ impl Proc {
         }
     }
 
-    /// The process id.
-    pub(crate) fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Starts `sesame ARGS`.
     pub(crate) fn sesame(args: &[&str]) -> Proc {
         let mut command = sesame();

@@ -3,7 +3,7 @@
 //!
 //! [`Authorize`] is the pluggable part: [`TokenStore`](crate::tokens::TokenStore) checks
 //! bearer tokens; [`AllowAll`] lets everyone in, for a relay embedded where only trusted code
-//! reaches it. [`Gate`] runs the check, and refuses addresses that failed too often
+//! reaches it. `Gate` runs the check, and refuses addresses that failed too often
 //! (`throttle`).
 
 mod gate;

@@ -22,11 +22,11 @@ use tcp::TcpPorts;
 
 /// Where the relay serves HTTP virtual hosts.
 #[derive(Clone, Debug)]
-pub struct HttpSite {
+pub(crate) struct HttpSite {
     /// The domain under which remote NAME is `NAME.DOMAIN`, lowercase, without a trailing dot.
-    pub domain: String,
+    pub(crate) domain: String,
     /// The public listeners' schemes and ports, such as `("https", 443)`: one URL each.
-    pub listeners: Vec<(&'static str, u16)>,
+    pub(crate) listeners: Vec<(&'static str, u16)>,
 }
 
 impl HttpSite {

@@ -105,12 +105,31 @@ pub struct TokenStore {
     this: Weak<TokenStore>,
 }
 
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are kept hashed, but even their hashes stay out of logs.
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A store just opened, and the admin token it made if it was new.
 pub struct OpenedStore {
     /// The store.
     pub store: Arc<TokenStore>,
     /// The secret of the admin token created because the store did not exist: shown once.
     pub new_admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for OpenedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self.new_admin_token.as_ref().map(|_| "<hidden>");
+        f.debug_struct("OpenedStore")
+            .field("store", &self.store)
+            .field("new_admin_token", &secret)
+            .finish()
+    }
 }
 
 impl TokenStore {
