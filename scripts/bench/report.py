@@ -99,7 +99,7 @@ def ratios_table(figures, paths, ours):
 
 
 def targets(figures, ours):
-    """The issue's targets, checked against this run for Sesame's path OURS."""
+    """Sesame's performance targets, checked against this run for its path OURS."""
     sesame, lines = figures[ours], []
 
     def best(metric, peers):
@@ -161,7 +161,7 @@ def main():
     for path in ours:
         print("", ratios_table(figures, paths, path), sep="\n")
     for path in ours:
-        print("", f"The issue's targets, {NAMES[path]}:", "", targets(figures, path), sep="\n")
+        print("", f"Targets, {NAMES[path]}:", "", targets(figures, path), sep="\n")
 
 
 if __name__ == "__main__":
