@@ -42,7 +42,13 @@ IDLE_STABLE_SAMPLES = 3  # identical samples in a row that count as idle (baseli
 SAMPLE_EVERY = 5.0  # seconds between samples during the churn
 MAX_CONNECTIONS_PER_WORKER = 10_000_000  # a bound on each worker's loop besides time
 SHOW_FAILURES = 5
-TRIM_TIMEOUT = 30.0  # seconds gdb has to attach, call malloc_trim(0) and detach
+TRIM_TIMEOUT = 30.0  # seconds a debugger has to attach, call malloc_trim(0) and detach
+# The debuggers that may call malloc_trim(0) in a process, in the order tried: each with its
+# arguments ({pid} is the process) and what its output shows once the call returned.
+DEBUGGERS = [
+    ("gdb", ["-nx", "-batch", "-p", "{pid}", "-ex", "call (int) malloc_trim(0)"], rb"^\$1 = [01]$"),
+    ("lldb-16", ["-p", "{pid}", "-b", "-o", "expr (int) malloc_trim(0)"], rb"^\(int\) \$0 = [01]$"),
+]
 
 # Bounds, checked after the churn (stated in soak.sh too).
 FD_SLACK = 0
@@ -172,30 +178,32 @@ class Process:
 
     async def trim(self):
         """Asks the process's C allocator to give its free memory back to the system (glibc's
-        malloc_trim(0), called through gdb); returns VmRSS afterwards in MiB, or None (with the
-        reason logged) if that could not be done."""
-        if not self.alive():
-            return None
-        gdb = shutil.which("gdb")
-        if gdb is None:
-            log(f"{self.name}: no gdb, cannot call malloc_trim")
-            return None
-        command = [gdb, "-nx", "-batch", "-p", str(self.pid), "-ex", "call (int) malloc_trim(0)"]
-        process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        try:
-            output, _ = await asyncio.wait_for(process.communicate(), TRIM_TIMEOUT)
-        except asyncio.TimeoutError:
-            process.kill()
-            await process.wait()
-            log(f"{self.name}: gdb did not call malloc_trim within {TRIM_TIMEOUT:.0f} s")
-            return None
-        if not re.search(rb"^\$1 = [01]$", output, re.MULTILINE):
+        malloc_trim(0), called through a debugger: gdb, else lldb, since gdb cannot call a
+        function on some CPUs); returns VmRSS afterwards in MiB, or None (with the reasons
+        logged) if that could not be done."""
+        for debugger, args, called in DEBUGGERS:
+            if not self.alive():
+                return None
+            path = shutil.which(debugger)
+            if path is None:
+                log(f"{self.name}: no {debugger}")
+                continue
+            command = [path, *[arg.format(pid=self.pid) for arg in args]]
+            process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            try:
+                output, _ = await asyncio.wait_for(process.communicate(), TRIM_TIMEOUT)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+                log(f"{self.name}: {debugger} did not call malloc_trim within {TRIM_TIMEOUT:.0f} s")
+                continue
+            if re.search(called, output, re.MULTILINE):
+                return self.status()[1]
             tail = output.decode(errors="replace").strip().splitlines()[-3:]
-            log(f"{self.name}: gdb could not call malloc_trim: {' / '.join(tail)}")
-            return None
-        return self.status()[1]
+            log(f"{self.name}: {debugger} could not call malloc_trim: {' / '.join(tail)}")
+        return None
 
 
 async def sample_all(procs):
@@ -493,7 +501,7 @@ async def churn_main(args):
             if not settled(b, a, (field,)) and getattr(a, field) is not None:
                 extra = getattr(a, field) - getattr(b, field)
                 violations.append(f"{p.name}: {extra} {field} more than the baseline {getattr(b, field)} after the churn")
-        # Without malloc_trim (no gdb, or no ptrace), the bound applies to RSS as it is.
+        # Without malloc_trim (no debugger could call it), the bound applies to RSS as it is.
         rss, what = (a.rss, "RSS") if trimmed[p.name] is None else (trimmed[p.name], "RSS after malloc_trim")
         if rss > rss_bound(b.rss):
             violations.append(f"{p.name}: {what} {rss:.1f} MiB after the churn, above the bound {rss_bound(b.rss):.1f} MiB")
