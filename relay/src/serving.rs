@@ -4,9 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, stream};
 use sesame_tunnel::io_reason;
@@ -121,36 +119,4 @@ pub(crate) async fn serve<I, IO, IE>(
     if let Err(error) = served {
         debug!(%error, "serving connections failed");
     }
-}
-
-/// How long a connection still runs once the grace period has ended, to send the statuses of
-/// the calls that the cut ended: small frames, delayed only by a peer that does not read.
-pub(crate) const FLUSH_AFTER_CUT: Duration = Duration::from_secs(1);
-
-/// Runs a connection; when `shutdown` is cancelled, lets it finish its open requests, and cuts
-/// it when `cut` is, once its calls' final statuses are sent (at most [`FLUSH_AFTER_CUT`]
-/// later).
-pub(crate) async fn drive<C>(
-    shutdown: &CancellationToken,
-    cut: &CancellationToken,
-    connection: C,
-    graceful_shutdown: impl FnOnce(&mut Pin<&mut C>),
-) -> Result<(), hyper::Error>
-where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    let mut connection = pin!(connection);
-    tokio::select! {
-        result = &mut connection => return result,
-        () = shutdown.cancelled() => graceful_shutdown(&mut connection),
-    }
-    tokio::select! {
-        result = &mut connection => return result,
-        () = cut.cancelled() => {}
-    }
-    // The cut ends every call with an error status; the connection, already going away,
-    // ends by itself once they are sent.
-    tokio::time::timeout(FLUSH_AFTER_CUT, connection)
-        .await
-        .unwrap_or(Ok(()))
 }

@@ -1,7 +1,15 @@
 //! [`Shutdown`]: the two moments of a relay's graceful shutdown, as every part that carries
 //! connections sees them.
 
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::time::Duration;
+
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// How long a connection still runs once the grace period has ended, to send the statuses of
+/// the calls that the cut ended: small frames, delayed only by a peer that does not read.
+pub(crate) const FLUSH_AFTER_CUT: Duration = Duration::from_secs(1);
 
 /// When the relay begins to shut down, and when its grace period ends.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +47,35 @@ impl Shutdown {
             }
         });
         (cut.clone(), Some(cut.drop_guard()))
+    }
+}
+
+impl Shutdown {
+    /// Runs an HTTP connection; when the shutdown begins, lets it finish its open requests
+    /// (`graceful_shutdown` tells it to), and cuts it at the cut, once its calls' final
+    /// statuses are sent (at most [`FLUSH_AFTER_CUT`] later).
+    pub(crate) async fn drive<C>(
+        &self,
+        connection: C,
+        graceful_shutdown: impl FnOnce(&mut Pin<&mut C>),
+    ) -> Result<(), hyper::Error>
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        let mut connection = pin!(connection);
+        tokio::select! {
+            result = &mut connection => return result,
+            () = self.begun.cancelled() => graceful_shutdown(&mut connection),
+        }
+        tokio::select! {
+            result = &mut connection => return result,
+            () = self.cut.cancelled() => {}
+        }
+        // The cut ends every call with an error status; the connection, already going away,
+        // ends by itself once they are sent.
+        tokio::time::timeout(FLUSH_AFTER_CUT, connection)
+            .await
+            .unwrap_or(Ok(()))
     }
 }
 

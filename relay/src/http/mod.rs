@@ -30,7 +30,6 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::HttpConfig;
 use crate::endpoints::Endpoints;
-use crate::serving::drive;
 use crate::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use crate::workers::Workers;
@@ -191,13 +190,10 @@ async fn serve_http<IO>(
                 .max_header_size(config.max_head_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(
-                &front.shutdown.begun,
-                &front.shutdown.cut,
-                connection,
-                |c| c.as_mut().graceful_shutdown(),
-            )
-            .await
+            front
+                .shutdown
+                .drive(connection, |c| c.as_mut().graceful_shutdown())
+                .await
         }
         Version::Http2 => {
             let transport = &front.transport;
@@ -211,13 +207,10 @@ async fn serve_http<IO>(
                 .keep_alive_interval(transport.keepalive_interval)
                 .keep_alive_timeout(transport.keepalive_timeout)
                 .serve_connection(io, service);
-            drive(
-                &front.shutdown.begun,
-                &front.shutdown.cut,
-                connection,
-                |c| c.as_mut().graceful_shutdown(),
-            )
-            .await
+            front
+                .shutdown
+                .drive(connection, |c| c.as_mut().graceful_shutdown())
+                .await
         }
     };
     if let Err(error) = result {
