@@ -12,9 +12,8 @@ use sesame_proto::v1::token_service_server::TokenServiceServer;
 use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
 use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tracing::{info, warn};
@@ -250,7 +249,13 @@ impl Relay {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let accept = |serving: Serving| async move {
             let prepare = |tcp| async { Some(tcp) };
-            serving.serve_listener(listener, prepare).await;
+            let Serving {
+                config,
+                shutdown,
+                routes,
+                workers,
+            } = serving;
+            serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -265,12 +270,18 @@ impl Relay {
     ) {
         let acceptor = TlsAcceptor::from(tls);
         let accept = |serving: Serving| async move {
-            let timeout = serving.config.handshake_timeout;
+            let Serving {
+                config,
+                shutdown,
+                routes,
+                workers,
+            } = serving;
+            let timeout = config.handshake_timeout;
             let prepare = move |tcp| {
                 let acceptor = acceptor.clone();
                 async move { handshake(&acceptor, tcp, timeout).await }
             };
-            serving.serve_listener(listener, prepare).await;
+            serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
         };
         self.run(accept, shutdown).await
     }
@@ -294,11 +305,11 @@ impl Relay {
         let accept = |serving: Serving| async move {
             let Serving {
                 config,
-                begun,
+                shutdown,
                 routes,
                 ..
             } = serving;
-            serving::serve(&config, begun, routes, incoming).await;
+            serving::serve(&config, shutdown, routes, incoming).await;
         };
         self.run(accept, shutdown).await
     }
@@ -335,7 +346,7 @@ impl Relay {
         };
         let serving = Serving {
             config: config.clone(),
-            begun: stages.begun.clone(),
+            shutdown: stages.clone(),
             routes,
             workers: workers.clone(),
         };
@@ -368,21 +379,7 @@ impl Relay {
 /// What serving the gRPC listener takes.
 struct Serving {
     config: Arc<RelayConfig>,
-    /// Cancelled when the relay begins to shut down.
-    begun: CancellationToken,
+    shutdown: Shutdown,
     routes: Routes,
     workers: Arc<Workers>,
-}
-
-impl Serving {
-    /// Serves the connections of `listener`, each once `prepare` has made it ready.
-    async fn serve_listener<P, PF, IO>(self, listener: TcpListener, prepare: P)
-    where
-        P: Fn(TcpStream) -> PF + Clone + Send + 'static,
-        PF: Future<Output = Option<IO>> + Send + 'static,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    {
-        let (config, begun) = (&self.config, &self.begun);
-        serving::serve_listener(config, begun, self.routes, listener, &self.workers, prepare).await;
-    }
 }

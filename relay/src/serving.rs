@@ -6,31 +6,36 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
 use tracing::debug;
 
 use crate::config::RelayConfig;
+use crate::shutdown::{CutAfterFlush, Shutdown};
 use crate::workers::Workers;
 
 /// The most TLS handshakes under way at once; connections beyond it are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
 
+/// The most streams of one HTTP/2 connection the relay may reset for the peer's errors
+/// before it closes the connection (hyper's default, which tonic's server would otherwise
+/// lift): a peer that provokes resets cannot keep the relay busy with them.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// Serves each connection accepted on `listener` with `routes` on a worker, once `prepare`
-/// (a TLS handshake, say) has made it ready, until `shutdown` is cancelled; then waits for
+/// (a TLS handshake, say) has made it ready, until the shutdown begins; then waits for
 /// the connections as [`serve`] does. A slow or silent TLS client delays nobody: `prepare`
 /// runs on the workers, at most [`MAX_HANDSHAKES`] at once.
 pub(crate) async fn serve_listener<P, PF, IO>(
     config: &RelayConfig,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     routes: Routes,
     listener: TcpListener,
     workers: &Workers,
@@ -55,7 +60,7 @@ pub(crate) async fn serve_listener<P, PF, IO>(
     let preparing = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (tcp, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.begun.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // Out of file descriptors and the like: the next accept may succeed.
@@ -87,12 +92,13 @@ pub(crate) async fn serve_listener<P, PF, IO>(
     }
 }
 
-/// Serves each connection of `incoming` with `routes` until `shutdown` is cancelled or
-/// `incoming` ends (which cancels `shutdown`), then waits for the connections to finish: each
-/// is shut down gracefully (its open calls run on), and ends once its calls have.
+/// Serves each connection of `incoming` with `routes` until the shutdown begins or `incoming`
+/// ends (which begins it), then waits for the connections to finish: each is shut down
+/// gracefully (its open calls run on), and ends once its calls have, or once the cut has come
+/// and its calls' statuses had their time to go out.
 pub(crate) async fn serve<I, IO, IE>(
     config: &RelayConfig,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     routes: Routes,
     incoming: I,
 ) where
@@ -101,8 +107,11 @@ pub(crate) async fn serve<I, IO, IE>(
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let transport = &config.transport;
-    // An incoming stream that ended shuts the relay down as a signal would.
-    let ended = shutdown.clone();
+    let cut = shutdown.cut.clone();
+    let incoming = incoming.map_ok(move |io| CutAfterFlush::new(io, cut.clone()));
+    // An incoming stream that ended shuts the relay down as a signal would, at once: tonic's
+    // server then waits for the connections, and agents' sessions end only once it has begun.
+    let ended = shutdown.begun.clone();
     let incoming =
         incoming.chain(stream::once(async move { ended.cancel() }).filter_map(|()| async { None }));
     let served = Server::builder()
@@ -113,8 +122,9 @@ pub(crate) async fn serve<I, IO, IE>(
         .http2_adaptive_window(Some(false))
         .http2_keepalive_interval(Some(transport.keepalive_interval))
         .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.begun.cancelled_owned())
         .await;
     if let Err(error) = served {
         debug!(%error, "serving connections failed");

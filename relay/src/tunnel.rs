@@ -29,7 +29,7 @@ use crate::control::{Action, Control};
 use crate::endpoints::Endpoints;
 use crate::registry::{Registry, RemoteRecord};
 use crate::remotes::to_proto;
-use crate::sessions::{SessionLink, Sessions};
+use crate::sessions::{Attached, SessionLink, Sessions};
 use crate::shutdown::Shutdown;
 use crate::{first_message, peer_of};
 
@@ -80,7 +80,32 @@ impl TunnelService for Tunnel {
         }
 
         let session = SessionId::generate();
+        let record = RemoteRecord {
+            name: hello.name.clone(),
+            session: session.clone(),
+            ports: BTreeMap::new(),
+            connect_time: SystemTime::now(),
+            agent_version: hello.agent_version,
+            agent_key: hello.agent_key,
+            owner: caller.token().map(str::to_owned),
+        };
         let (control, queue) = mpsc::channel(self.config.control_queue.max(1));
+        let welcome = Welcome {
+            protocol_version: hello.protocol_version,
+            session_id: session.to_string(),
+            remote: Some(to_proto(&record)),
+            settings: Some(Settings {
+                max_chunk_bytes: MAX_CHUNK_BYTES as u32,
+                dial_timeout: prost_types::Duration::try_from(self.config.dial_timeout).ok(),
+                heartbeat_interval: prost_types::Duration::try_from(self.heartbeat_interval()).ok(),
+            }),
+        };
+        // First in the queue, before anyone can reach the session to queue a dial notice.
+        control
+            .try_send(Ok(response(open_session_response::Message::Welcome(
+                welcome,
+            ))))
+            .expect("a new queue has room");
         let replaced = CancellationToken::new();
         let link = SessionLink {
             control: control.clone(),
@@ -92,15 +117,6 @@ impl TunnelService for Tunnel {
         let attached = self
             .sessions
             .attach(&caller, &hello.name, session.clone(), link)?;
-        let record = RemoteRecord {
-            name: hello.name.clone(),
-            session: session.clone(),
-            ports: BTreeMap::new(),
-            connect_time: SystemTime::now(),
-            agent_version: hello.agent_version,
-            agent_key: hello.agent_key,
-            owner: caller.token().map(str::to_owned),
-        };
         if let Some(stale) = self.registry.claim(record.clone()).await? {
             // The same agent is back before its old session was noticed dead: end that one.
             self.sessions.replace(&stale);
@@ -113,30 +129,14 @@ impl TunnelService for Tunnel {
         let responses = ReceiverStream::new(queue)
             .take_until(ended.clone().cancelled_owned())
             .chain(stream::once(said).flat_map(|words| stream::iter(words.unwrap_or_default())));
-        let welcome = Welcome {
-            protocol_version: hello.protocol_version,
-            session_id: session.to_string(),
-            remote: Some(to_proto(&record)),
-            settings: Some(Settings {
-                max_chunk_bytes: MAX_CHUNK_BYTES as u32,
-                dial_timeout: prost_types::Duration::try_from(self.config.dial_timeout).ok(),
-                heartbeat_interval: prost_types::Duration::try_from(self.heartbeat_interval()).ok(),
-            }),
-        };
-        control
-            .try_send(Ok(response(open_session_response::Message::Welcome(
-                welcome,
-            ))))
-            .expect("a new queue has room");
         let span = info_span!("session", remote = %hello.name, %session);
         span.in_scope(|| info!(%peer, agent = %record.agent_version, "remote connected"));
         let running = self
             .clone()
-            .run_session(record, requests, control, replaced, caller);
+            .run_session(record, attached, requests, control, replaced, caller);
         tokio::spawn(
             async move {
                 let words = running.await;
-                drop(attached);
                 let _ = last_words.send(words);
                 ended.cancel();
             }
@@ -211,11 +211,12 @@ impl Tunnel {
     }
 
     /// Runs one session's control stream until the agent leaves, goes silent, is replaced by
-    /// a new session of its own, or the relay shuts down; then forgets the remote. Returns the
-    /// session's last messages for the agent.
+    /// a new session of its own, or the relay shuts down; then forgets the remote: no dial
+    /// reaches it from then on. Returns the session's last messages for the agent.
     async fn run_session(
         self,
         record: RemoteRecord,
+        attached: Attached,
         mut requests: Streaming<OpenSessionRequest>,
         control: ControlSender,
         replaced: CancellationToken,
@@ -269,11 +270,14 @@ impl Tunnel {
             }
         };
         info!(%reason, "remote disconnected");
+        attached.detach();
         self.endpoints
             .withdraw_session(&record.name, &record.session);
         if let Err(error) = self.registry.release(&record.name, &record.session).await {
             warn!(error = %error, "could not release the remote's name");
         }
+        // The token holds the name until here, as the registry did.
+        drop(attached);
         last_words
     }
 
@@ -301,6 +305,7 @@ impl Tunnel {
                 Action::Withdraw { port } => {
                     let (name, session) = (&record.name, &record.session);
                     self.endpoints.withdraw(name, session, port);
+                    debug!(port, "port withdrawn");
                 }
                 Action::SavePorts(ports) => {
                     let (name, session) = (&record.name, &record.session);

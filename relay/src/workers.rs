@@ -3,8 +3,9 @@
 //! A connection handed to a worker stays on its thread, and so does every task it starts. An
 //! agent keeps its calls on one HTTP/2 connection, so its control stream, its data calls and
 //! the public TCP ports it publishes share one thread: a chunk between a public client's
-//! socket and the agent's stream never wakes another thread, and no two threads meet on the
-//! locks of one HTTP/2 connection. Connections are handed out in turn, so the agents spread
+//! socket and the agent's stream does not wake another thread, and no two threads meet on the
+//! locks of one HTTP/2 connection (a port kept across the agent's reconnect keeps accepting on
+//! the thread it was opened on). Connections are handed out in turn, so the agents spread
 //! over the threads.
 //!
 //! `tokio_util::task::LocalPoolHandle` also runs single-threaded runtimes, but it neither

@@ -1,7 +1,7 @@
 //! [`LocalSessions`]: the sessions of the agents connected to this relay, the dials parked for
 //! them, and the names each token holds through them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,12 +54,13 @@ pub(crate) struct LocalSessions {
 struct Table {
     sessions: Mutex<HashMap<SessionId, SessionLink>>,
     dials: Mutex<HashMap<Ticket, PendingDial>>,
-    /// The names each token holds now, and through which session.
-    holdings: Mutex<HashMap<String, HashMap<RemoteName, SessionId>>>,
+    /// The names each token holds now, and through which sessions: a reconnecting agent's new
+    /// session holds its name beside the old one until that one ends.
+    holdings: Mutex<HashMap<String, HashMap<RemoteName, HashSet<SessionId>>>>,
 }
 
-/// A session attached to the relay's sessions: detached when dropped, which fails the dials
-/// still waiting for it and gives back the name its token held through it.
+/// A session attached to the relay's sessions: [`detach`](Self::detach)ed when dropped, if
+/// not before, and then gives back the name its token held through it.
 pub(crate) struct Attached {
     table: Arc<Table>,
     id: SessionId,
@@ -67,20 +68,31 @@ pub(crate) struct Attached {
     held: Option<(String, RemoteName)>,
 }
 
-impl Drop for Attached {
-    fn drop(&mut self) {
+impl Attached {
+    /// Takes the session out of reach: no dial reaches it from now on, and the dials still
+    /// waiting for it fail. Its token keeps the name until this is dropped.
+    pub(crate) fn detach(&self) {
         // First the session, then its dials: parking a dial checks the session while holding
         // the dials, so no dial can be parked for this session after this.
         lock(&self.table.sessions).remove(&self.id);
         // Dropping a pending dial drops its reply: the dialer hears the remote went away.
         lock(&self.table.dials).retain(|_, dial| dial.session != self.id);
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.detach();
         let Some((token, name)) = &self.held else {
             return;
         };
         let mut holdings = lock(&self.table.holdings);
         if let Some(names) = holdings.get_mut(token) {
-            if names.get(name) == Some(&self.id) {
-                names.remove(name);
+            if let Some(sessions) = names.get_mut(name) {
+                sessions.remove(&self.id);
+                if sessions.is_empty() {
+                    names.remove(name);
+                }
             }
             if names.is_empty() {
                 holdings.remove(token);
@@ -218,7 +230,7 @@ impl Sessions for LocalSessions {
                         names.len()
                     )));
                 }
-                names.insert(name.clone(), id.clone());
+                names.entry(name.clone()).or_default().insert(id.clone());
                 Some((token.to_owned(), name.clone()))
             }
         };
@@ -336,11 +348,16 @@ mod tests {
             refused.err().map(|status| status.code()),
             Some(tonic::Code::ResourceExhausted)
         );
-        // A reconnect of a name the token holds does not count twice.
+        // A reconnect of a name the token holds does not count twice, and when either of the
+        // two sessions ends, the other still holds the name.
         let again = sessions.attach(&ada, &names[0], SessionId::generate(), link().0);
         assert!(again.is_ok());
         assert_eq!(sessions.remotes_held("ada"), 2);
-        drop((a, b, again));
+        drop(again);
+        assert_eq!(sessions.remotes_held("ada"), 2);
+        let refused = sessions.attach(&ada, &names[2], SessionId::generate(), link().0);
+        assert!(refused.is_err(), "the first session still holds its name");
+        drop((a, b));
         assert_eq!(sessions.remotes_held("ada"), 0);
         assert_eq!(sessions.remotes_held("nobody"), 0);
     }
@@ -353,7 +370,9 @@ mod tests {
         let id = SessionId::generate();
         registered(&registry, &name, &id).await;
         let (link, mut notices) = link();
-        let attached = sessions.attach(&Caller::anyone(), &name, id.clone(), link);
+        let attached = sessions
+            .attach(&Caller::anyone(), &name, id.clone(), link)
+            .unwrap();
 
         let dialing = tokio::spawn(async move {
             let sessions = sessions;
@@ -368,11 +387,12 @@ mod tests {
         };
         assert_eq!(notice.port, 22);
         assert!(Ticket::from_bytes(&notice.ticket).is_some());
-        drop(attached);
+        attached.detach();
         let (sessions, outcome) = dialing.await.unwrap();
         let status = outcome.err().expect("the session ended: the dial fails");
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(sessions.get(&id).is_none());
+        drop(attached);
     }
 
     #[tokio::test]
