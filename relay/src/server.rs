@@ -12,7 +12,7 @@ use sesame_proto::v1::token_service_server::TokenServiceServer;
 use sesame_proto::v1::tunnel_service_server::TunnelServiceServer;
 use sesame_tunnel::settings::MAX_MESSAGE_BYTES;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -247,16 +247,7 @@ impl Relay {
     /// [`serve_with_incoming`](Self::serve_with_incoming) describes. Each connection is served
     /// on one of the [worker threads](RelayConfig::worker_threads), if there are any.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let accept = |serving: Serving| async move {
-            let prepare = |tcp| async { Some(tcp) };
-            let Serving {
-                config,
-                shutdown,
-                routes,
-                workers,
-            } = serving;
-            serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
-        };
+        let accept = |serving: Serving| serving.listen(listener, |tcp| async { Some(tcp) });
         self.run(accept, shutdown).await
     }
 
@@ -269,20 +260,12 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) {
         let acceptor = TlsAcceptor::from(tls);
-        let accept = |serving: Serving| async move {
-            let Serving {
-                config,
-                shutdown,
-                routes,
-                workers,
-            } = serving;
-            let timeout = config.handshake_timeout;
-            let prepare = move |tcp| {
-                let acceptor = acceptor.clone();
-                async move { handshake(&acceptor, tcp, timeout).await }
-            };
-            serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
+        let timeout = self.config.handshake_timeout;
+        let prepare = move |tcp| {
+            let acceptor = acceptor.clone();
+            async move { handshake(&acceptor, tcp, timeout).await }
         };
+        let accept = |serving: Serving| serving.listen(listener, prepare);
         self.run(accept, shutdown).await
     }
 
@@ -382,4 +365,22 @@ struct Serving {
     shutdown: Shutdown,
     routes: Routes,
     workers: Arc<Workers>,
+}
+
+impl Serving {
+    /// Serves the connections of `listener`, each once `prepare` has made it ready.
+    async fn listen<P, PF, IO>(self, listener: TcpListener, prepare: P)
+    where
+        P: Fn(TcpStream) -> PF + Clone + Send + 'static,
+        PF: Future<Output = Option<IO>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    {
+        let Serving {
+            config,
+            shutdown,
+            routes,
+            workers,
+        } = self;
+        serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
+    }
 }
