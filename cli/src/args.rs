@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use sesame_tunnel::{Fingerprint, RelayUrl, RemoteName, Token, TransportSettings};
 
+use crate::relay_limits::LimitArgs;
 use crate::spec::ExposeSpec;
 
 /// Reverse tunnels over gRPC: expose ports from behind NAT, reach them through your own relay.
@@ -206,28 +207,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// The most remotes one token may hold at once.
-    #[arg(
-        long,
-        default_value_t = 1000,
-        value_name = "N",
-        help_heading = "Limits"
-    )]
-    pub max_remotes_per_token: usize,
-
-    /// The most connections one remote may carry at once.
-    #[arg(
-        long,
-        default_value_t = 1024,
-        value_name = "N",
-        help_heading = "Limits"
-    )]
-    pub max_connections_per_remote: usize,
-
-    /// How long a new connection may take for its TLS handshake, and a new call for its first
-    /// message.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Limits")]
-    pub handshake_timeout: Duration,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Serve HTTP virtual hosts: a remote's published HTTP port is NAME.DOMAIN. Needs
     /// --http-listen or --https-listen.

@@ -14,6 +14,7 @@ mod commands;
 mod credentials;
 mod diagnostics;
 mod logging;
+mod relay_limits;
 mod report;
 mod spec;
 mod status;

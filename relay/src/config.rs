@@ -30,8 +30,30 @@ pub struct RelayConfig {
     pub http: HttpConfig,
     /// The most remotes one token may hold at once.
     pub max_remotes_per_token: usize,
-    /// The most connections one remote may carry at once.
+    /// The most remote names one token may own. A name stays with the token that registered
+    /// it first, connected or not, until the token is revoked or expires.
+    pub max_names_per_token: usize,
+    /// The most connections one remote may carry at once for token holders (`Dial` calls);
+    /// public clients have a budget of their own, [`PublicLimits::connections_per_remote`].
     pub max_connections_per_remote: usize,
+    /// The most ports one session may expose at once.
+    pub max_ports_per_session: usize,
+    /// The most public TCP ports one token may hold, counting the ports held for it after
+    /// its remotes went away.
+    pub max_tcp_ports_per_token: usize,
+    /// How long a public TCP port stays held for the token whose remote had it, once the
+    /// remote went away: no other token's remote gets it meanwhile, and the remote gets it
+    /// back when it returns, across relay restarts too.
+    pub tcp_port_hold: Duration,
+    /// The most connections one client address (an IPv6 /64) may have open to the gRPC
+    /// listener, TLS handshakes included.
+    pub max_connections_per_address: usize,
+    /// The most TLS handshakes one client address (an IPv6 /64) may have under way, on the
+    /// gRPC listener and on the public HTTPS listener each; a new one beyond it sheds that
+    /// address's oldest.
+    pub max_handshakes_per_address: usize,
+    /// What anonymous clients of public endpoints may take.
+    pub public: PublicLimits,
     /// How many authentications may fail from one address, and how fast it may try again.
     pub failed_auth: FailureBudget,
     /// Threads that serve the connections [`Relay::serve`](crate::Relay::serve),
@@ -54,12 +76,43 @@ impl Default for RelayConfig {
             transport: TransportSettings::default(),
             http: HttpConfig::default(),
             max_remotes_per_token: 1000,
+            max_names_per_token: 10_000,
             max_connections_per_remote: 1024,
+            max_ports_per_session: 256,
+            max_tcp_ports_per_token: 64,
+            tcp_port_hold: Duration::from_secs(24 * 60 * 60),
+            max_connections_per_address: 1024,
+            max_handshakes_per_address: 64,
+            public: PublicLimits::default(),
             failed_auth: FailureBudget {
                 burst: 20,
                 refill: Duration::from_secs(3),
             },
             worker_threads: 0,
+        }
+    }
+}
+
+/// What the anonymous clients of public endpoints (HTTP virtual hosts, TCP ports) may take:
+/// budgets of their own, so that they never lock token holders out of a remote.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PublicLimits {
+    /// The most public connections one remote may carry at once.
+    pub connections_per_remote: usize,
+    /// The most connections one client address (an IPv6 /64) may have open to the public
+    /// HTTP listeners and TCP ports together.
+    pub connections_per_address: usize,
+    /// How long a public TCP connection may carry no bytes either way before it is closed.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for PublicLimits {
+    fn default() -> Self {
+        PublicLimits {
+            connections_per_remote: 1024,
+            connections_per_address: 128,
+            tcp_idle_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -75,6 +128,10 @@ pub struct HttpConfig {
     pub max_head_bytes: usize,
     /// The most concurrent requests on one HTTP/2 client connection.
     pub max_streams: u32,
+    /// How long a client connection may stay open with no request under way.
+    pub idle_timeout: Duration,
+    /// How long a request body may send nothing before the request is abandoned.
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +140,8 @@ impl Default for HttpConfig {
             head_timeout: Duration::from_secs(10),
             max_head_bytes: 64 << 10,
             max_streams: 256,
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

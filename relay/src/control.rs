@@ -29,8 +29,14 @@ pub(crate) enum Action {
         /// The remote's port.
         port: u16,
     },
-    /// Record the exposed ports in the registry.
-    SavePorts(BTreeMap<u16, PublicEndpoints>),
+    /// Record in the registry that `port` is published at `endpoints`, or with `None`, that
+    /// it is no longer exposed.
+    SavePort {
+        /// The remote's port.
+        port: u16,
+        /// Where it is published.
+        endpoints: Option<PublicEndpoints>,
+    },
     /// Send a message to the agent. The relay never waits on the agent: if its queue is full,
     /// the agent does not read its control stream, and the session ends.
     Send(open_session_response::Message),
@@ -46,12 +52,22 @@ pub(crate) enum Action {
 }
 
 /// One session's control state: the ports its agent exposes, and where each is published.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Control {
     ports: BTreeMap<u16, PublicEndpoints>,
+    /// The most ports the session may expose at once.
+    max_ports: usize,
 }
 
 impl Control {
+    /// A session that may expose up to `max_ports` ports at once.
+    pub(crate) fn new(max_ports: usize) -> Self {
+        Control {
+            ports: BTreeMap::new(),
+            max_ports,
+        }
+    }
+
     /// Interprets one control message from the agent; an error ends the session.
     pub(crate) fn on_message(&mut self, message: OpenSessionRequest) -> Result<Vec<Action>, Error> {
         use open_session_request::Message;
@@ -59,13 +75,21 @@ impl Control {
             Some(Message::ExposePort(expose)) => {
                 let request = expose.port.unwrap_or_default();
                 let port = valid_port(request.port)?;
+                if !self.ports.contains_key(&port) && self.ports.len() >= self.max_ports {
+                    let refusal = Status::resource_exhausted(format!(
+                        "this remote already exposes {} ports, the relay's limit per session",
+                        self.ports.len()
+                    ));
+                    return Ok(refuse(port, refusal));
+                }
                 vec![Action::Publish { port, request }]
             }
             Some(Message::UnexposePort(unexpose)) => {
                 let port = valid_port(unexpose.port)?;
                 let mut actions = vec![Action::Withdraw { port }];
                 if self.ports.remove(&port).is_some() {
-                    actions.push(Action::SavePorts(self.ports.clone()));
+                    let endpoints = None;
+                    actions.push(Action::SavePort { port, endpoints });
                 }
                 actions
             }
@@ -91,26 +115,30 @@ impl Control {
     ) -> Vec<Action> {
         match outcome {
             Ok((confirmed, public)) => {
-                self.ports.insert(port, public);
+                self.ports.insert(port, public.clone());
                 let confirmation = PortExposed {
                     port: Some(confirmed),
                 };
+                let endpoints = Some(public);
                 vec![
-                    Action::SavePorts(self.ports.clone()),
+                    Action::SavePort { port, endpoints },
                     Action::Send(open_session_response::Message::PortExposed(confirmation)),
                 ]
             }
-            Err(refusal) => {
-                let failure = ExposeFailure {
-                    port: u32::from(port),
-                    status: Some(Error::Status(refusal).to_rpc_status()),
-                };
-                vec![Action::Send(open_session_response::Message::ExposeFailure(
-                    failure,
-                ))]
-            }
+            Err(refusal) => refuse(port, refusal),
         }
     }
+}
+
+/// Tells the agent that exposing `port` was refused, and why.
+fn refuse(port: u16, refusal: Status) -> Vec<Action> {
+    let failure = ExposeFailure {
+        port: u32::from(port),
+        status: Some(Error::Status(refusal).to_rpc_status()),
+    };
+    vec![Action::Send(open_session_response::Message::ExposeFailure(
+        failure,
+    ))]
 }
 
 fn valid_port(port: u32) -> Result<u16, Error> {
@@ -170,7 +198,7 @@ mod tests {
 
     #[test]
     fn an_exposed_port_is_published_saved_and_confirmed() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         let actions = control.on_message(expose(8080)).unwrap();
         let [
             Action::Publish {
@@ -185,10 +213,13 @@ mod tests {
         let actions = control.published(8080, Ok((confirmed, public("relay:20000"))));
         match &actions[..] {
             [
-                Action::SavePorts(ports),
+                Action::SavePort {
+                    port: 8080,
+                    endpoints: Some(endpoints),
+                },
                 Action::Send(open_session_response::Message::PortExposed(exposed)),
             ] => {
-                assert_eq!(ports.get(&8080), Some(&public("relay:20000")));
+                assert_eq!(endpoints, &public("relay:20000"));
                 assert_eq!(exposed.port.as_ref().map(|port| port.port), Some(8080));
             }
             other => panic!("{other:?}"),
@@ -197,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_refused_port_is_reported_and_not_saved() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         let refusal = Status::already_exists("TCP port 20000 is taken by another remote");
         let actions = control.published(22, Err(refusal));
         let [Action::Send(open_session_response::Message::ExposeFailure(failure))] = &actions[..]
@@ -215,21 +246,48 @@ mod tests {
 
     #[test]
     fn a_withdrawn_port_leaves_the_registry() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         control.published(22, Ok((ExposedPort::default(), public("a:1"))));
         control.published(80, Ok((ExposedPort::default(), public("a:2"))));
         let actions = control.on_message(unexpose(22)).unwrap();
         match &actions[..] {
-            [Action::Withdraw { port: 22 }, Action::SavePorts(ports)] => {
-                assert_eq!(ports.keys().copied().collect::<Vec<_>>(), [80]);
-            }
+            [
+                Action::Withdraw { port: 22 },
+                Action::SavePort {
+                    port: 22,
+                    endpoints: None,
+                },
+            ] => {}
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
+    fn a_session_exposes_a_limited_number_of_ports() {
+        let mut control = Control::new(2);
+        for port in [22, 80] {
+            control.published(port, Ok((ExposedPort::default(), public("a:1"))));
+        }
+        let actions = control.on_message(expose(443)).unwrap();
+        let [Action::Send(open_session_response::Message::ExposeFailure(failure))] = &actions[..]
+        else {
+            panic!("{actions:?}");
+        };
+        let status = failure.status.as_ref().unwrap();
+        assert_eq!(status.code, tonic::Code::ResourceExhausted as i32);
+        assert!(status.message.contains("2 ports"), "{}", status.message);
+        // A port already exposed may be exposed again, with new settings.
+        let again = control.on_message(expose(80)).unwrap();
+        assert!(matches!(&again[..], [Action::Publish { port: 80, .. }]));
+        // One withdrawn makes room.
+        control.on_message(unexpose(22)).unwrap();
+        let room = control.on_message(expose(443)).unwrap();
+        assert!(matches!(&room[..], [Action::Publish { port: 443, .. }]));
+    }
+
+    #[test]
     fn bad_ports_second_hellos_and_empty_messages_end_the_session() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         for bad in [
             expose(0),
             expose(65536),
@@ -244,7 +302,7 @@ mod tests {
 
     #[test]
     fn heartbeats_are_echoed_when_there_is_room() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         let heartbeat = message(open_session_request::Message::Heartbeat(Heartbeat {
             ..Heartbeat::default()
         }));
@@ -259,7 +317,7 @@ mod tests {
 
     #[test]
     fn refusals_reach_the_dialer_bounded_and_never_as_ok() {
-        let mut control = Control::default();
+        let mut control = Control::new(8);
         let ticket = Ticket::generate();
         let refusal = |status| {
             message(open_session_request::Message::DialFailure(DialFailure {

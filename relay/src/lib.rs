@@ -77,7 +77,7 @@ use futures_util::{Stream, StreamExt};
 use sesame_tunnel::{Error, format_duration};
 use tonic::{Request, Status};
 
-pub use config::{HttpConfig, RelayConfig, TcpPortRange};
+pub use config::{HttpConfig, PublicLimits, RelayConfig, TcpPortRange};
 pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 pub use tokens::TokenStore;

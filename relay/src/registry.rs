@@ -58,12 +58,15 @@ pub trait Registry: Send + Sync + 'static {
         session: &'a SessionId,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// Replaces the exposed ports of `name`, if `session` still holds it.
-    fn set_ports<'a>(
+    /// Records that `name` exposes `port`, published at `endpoints` (or, with `None`, that it
+    /// no longer exposes it), if `session` still holds the name. One port at a time, so that
+    /// a remote with many ports costs each change the same.
+    fn set_port<'a>(
         &'a self,
         name: &'a RemoteName,
         session: &'a SessionId,
-        ports: BTreeMap<u16, PublicEndpoints>,
+        port: u16,
+        endpoints: Option<PublicEndpoints>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Looks up one remote.
@@ -135,15 +138,19 @@ impl Registry for MemoryRegistry {
         ready(Ok(())).boxed()
     }
 
-    fn set_ports<'a>(
+    fn set_port<'a>(
         &'a self,
         name: &'a RemoteName,
         session: &'a SessionId,
-        ports: BTreeMap<u16, PublicEndpoints>,
+        port: u16,
+        endpoints: Option<PublicEndpoints>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         self.with(|remotes| {
             if let Some(record) = remotes.get_mut(name).filter(|r| &r.session == session) {
-                record.ports = ports;
+                match endpoints {
+                    Some(endpoints) => record.ports.insert(port, endpoints),
+                    None => record.ports.remove(&port),
+                };
             }
         });
         ready(Ok(())).boxed()
@@ -247,23 +254,21 @@ mod tests {
         let holder = SessionId::generate();
         registry.claim(record("pi", &holder)).await.unwrap();
         let pi = RemoteName::new("pi").unwrap();
+        let stranger = SessionId::generate();
+        let public = Some(PublicEndpoints::default());
         registry
-            .set_ports(
-                &pi,
-                &SessionId::generate(),
-                [(1, PublicEndpoints::default())].into(),
-            )
+            .set_port(&pi, &stranger, 1, public.clone())
             .await
             .unwrap();
         assert!(registry.get(&pi).await.unwrap().unwrap().ports.is_empty());
-        registry
-            .set_ports(
-                &pi,
-                &holder,
-                [22, 80].map(|p| (p, PublicEndpoints::default())).into(),
-            )
-            .await
-            .unwrap();
+        for port in [80, 22, 443] {
+            registry
+                .set_port(&pi, &holder, port, public.clone())
+                .await
+                .unwrap();
+        }
+        registry.set_port(&pi, &holder, 443, None).await.unwrap();
+        registry.set_port(&pi, &stranger, 22, None).await.unwrap();
         let ports = registry.get(&pi).await.unwrap().unwrap().ports;
         assert_eq!(ports.into_keys().collect::<Vec<_>>(), [22, 80]);
     }

@@ -22,12 +22,12 @@ use crate::auth::{AllowAll, Authorize, Gate};
 use crate::config::{RelayConfig, TcpPortRange};
 use crate::data_calls::WithDataCall;
 use crate::dialer::Dialer;
-use crate::endpoints::tcp::{Carrier, TcpPorts};
+use crate::endpoints::tcp::{Carrier, PortLimits, TcpPorts};
 use crate::endpoints::{Endpoints, HttpSite};
 use crate::handshake::handshake;
 use crate::http::{Front, PublicListener};
 use crate::registry::{MemoryRegistry, Registry};
-use crate::remotes::Remotes;
+use crate::remotes::{PageTokens, Remotes};
 use crate::serving;
 use crate::sessions::{LocalSessions, Sessions};
 use crate::shutdown::{FLUSH_AFTER_CUT, Shutdown};
@@ -47,6 +47,8 @@ pub struct Relay {
     front: Arc<Front>,
     shutdown: Shutdown,
     workers: Arc<Workers>,
+    /// The token store, saved once the relay has stopped.
+    tokens: Option<Arc<TokenStore>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -165,9 +167,13 @@ impl RelayBuilder {
             transport: config.transport.clone(),
             shutdown: shutdown.clone(),
         };
+        let port_limits = PortLimits {
+            hold: config.tcp_port_hold,
+            per_token: config.max_tcp_ports_per_token,
+        };
         let tcp_ports = self
             .tcp_ports
-            .map(|range| TcpPorts::new(range, carrier.clone()));
+            .map(|range| TcpPorts::new(range, carrier.clone(), self.auth.clone(), port_limits));
         let endpoints = Arc::new(Endpoints::new(site, tcp_ports));
         let gate = Arc::new(Gate::new(self.auth, config.failed_auth));
         let tunnel = Tunnel {
@@ -186,10 +192,11 @@ impl RelayBuilder {
         let remotes = Remotes {
             gate: gate.clone(),
             registry: self.registry,
+            pages: PageTokens::new(),
         };
         let tokens = Tokens {
             gate,
-            store: self.tokens,
+            store: self.tokens.clone(),
             sessions: sessions.clone(),
         };
         let front = Arc::new(Front {
@@ -210,6 +217,7 @@ impl RelayBuilder {
             front,
             shutdown,
             workers: Arc::new(workers),
+            tokens: self.tokens,
         }
     }
 }
@@ -316,6 +324,7 @@ impl Relay {
             front,
             shutdown: stages,
             workers,
+            tokens,
         } = self;
         for public in public {
             tokio::spawn(crate::http::serve(front.clone(), public, workers.clone()));
@@ -356,6 +365,13 @@ impl Relay {
             }
         }
         workers.stop();
+        // Name claims and port holds are written a moment after they change: write the last
+        // of them now, so that the next start knows them.
+        if let Some(tokens) = tokens
+            && let Err(error) = tokens.save()
+        {
+            warn!(error = %sesame_tunnel::one_line(&error), "could not save the token store");
+        }
     }
 }
 

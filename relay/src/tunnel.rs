@@ -74,7 +74,6 @@ impl TunnelService for Tunnel {
         };
         let hello = accept_hello(hello)?;
         caller.check(Permission::Register(&hello.name))?;
-        self.gate.claim_name(&caller, &hello.name)?;
         if self.shutdown.begun.is_cancelled() {
             return Err(Status::unavailable("the relay is shutting down"));
         }
@@ -114,9 +113,12 @@ impl TunnelService for Tunnel {
             owner: caller.token().map(str::to_owned),
             connections: Arc::default(),
         };
+        // The limit of remotes per token first: a token at its limit claims no new name.
         let attached = self
             .sessions
             .attach(&caller, &hello.name, session.clone(), link)?;
+        let max_names = self.config.max_names_per_token;
+        self.gate.claim_name(&caller, &hello.name, max_names)?;
         if let Some(stale) = self.registry.claim(record.clone()).await? {
             // The same agent is back before its old session was noticed dead: end that one.
             self.sessions.replace(&stale);
@@ -223,7 +225,7 @@ impl Tunnel {
         caller: Caller,
     ) -> Vec<Result<OpenSessionResponse, Status>> {
         let token_ended = caller.ended().cloned().unwrap_or_default();
-        let mut state = Control::default();
+        let mut state = Control::new(self.config.max_ports_per_session);
         let silence = self.config.transport.dead_peer_timeout();
         let quiet = tokio::time::sleep(silence);
         tokio::pin!(quiet);
@@ -261,7 +263,11 @@ impl Tunnel {
                 }
             };
             let done = match state.on_message(message) {
-                Ok(actions) => self.carry_out(&record, &mut state, actions, &control).await,
+                Ok(actions) => {
+                    let (session, record) = (&mut state, &record);
+                    self.carry_out(&caller, record, session, actions, &control)
+                        .await
+                }
                 Err(error) => Err(error),
             };
             if let Err(error) = done {
@@ -284,6 +290,7 @@ impl Tunnel {
     /// Carries out what the session's control state decided, and what follows from it.
     async fn carry_out(
         &self,
+        caller: &Caller,
         record: &RemoteRecord,
         state: &mut Control,
         actions: Vec<Action>,
@@ -295,7 +302,9 @@ impl Tunnel {
             match action {
                 Action::Publish { port, request } => {
                     let (name, session) = (&record.name, &record.session);
-                    let outcome = self.endpoints.publish(name, session, port, &request);
+                    let outcome = self
+                        .endpoints
+                        .publish(caller, name, session, port, &request);
                     match &outcome {
                         Ok(_) => debug!(port, "port exposed"),
                         Err(refusal) => debug!(port, reason = refusal.message(), "port refused"),
@@ -307,9 +316,11 @@ impl Tunnel {
                     self.endpoints.withdraw(name, session, port);
                     debug!(port, "port withdrawn");
                 }
-                Action::SavePorts(ports) => {
+                Action::SavePort { port, endpoints } => {
                     let (name, session) = (&record.name, &record.session);
-                    self.registry.set_ports(name, session, ports).await?;
+                    self.registry
+                        .set_port(name, session, port, endpoints)
+                        .await?;
                 }
                 Action::Send(message) => {
                     // Never wait on the agent here: this loop also serves its dial failures.

@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sesame_relay::tls::ReloadingCertificate;
-use sesame_relay::{Relay, RelayConfig, TcpPortRange};
-use tokio::net::TcpListener;
+use sesame_relay::{Relay, RelayConfig, TcpPortRange, TokenStore};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::process::scratch_dir;
-use sesame_tunnel::RelayUrl;
+use sesame_tunnel::{RelayUrl, Session};
 
 /// The domain the test relay serves virtual hosts under.
 pub const DOMAIN: &str = "tunnel.test";
@@ -98,6 +99,25 @@ pub async fn free_port_range(count: u16) -> RangeInclusive<u16> {
 impl PublicRelay {
     /// Starts a relay with `config` on loopback, with `tcp_ports` TCP ports.
     pub async fn start(config: RelayConfig, tcp_ports: u16) -> Self {
+        let range = free_port_range(tcp_ports).await;
+        PublicRelay::start_on(config, range, None).await
+    }
+
+    /// Starts a relay with `config` on loopback that checks tokens against `store` and
+    /// publishes on the TCP ports `range` (the range of a relay that ran before, say).
+    pub async fn start_with_tokens(
+        config: RelayConfig,
+        range: RangeInclusive<u16>,
+        store: Arc<TokenStore>,
+    ) -> Self {
+        PublicRelay::start_on(config, range, Some(store)).await
+    }
+
+    async fn start_on(
+        config: RelayConfig,
+        range: RangeInclusive<u16>,
+        store: Option<Arc<TokenStore>>,
+    ) -> Self {
         let dir = scratch_dir();
         let (ca, cert, key) = wildcard_certificate(dir.path());
         let certificate = ReloadingCertificate::load(&cert, &key).unwrap();
@@ -108,9 +128,11 @@ impl PublicRelay {
             .parse()
             .unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
-        let range = free_port_range(tcp_ports).await;
-        let relay = Relay::builder()
-            .config(config)
+        let mut relay = Relay::builder().config(config);
+        if let Some(store) = store {
+            relay = relay.tokens(store);
+        }
+        let relay = relay
             .domain(DOMAIN)
             .http_listener(http)
             .https_listener(https, certificate.server_config())
@@ -156,6 +178,17 @@ impl PublicRelay {
     }
 }
 
+impl PublicRelay {
+    /// Shuts the relay down gracefully and waits until it has stopped: its listeners are
+    /// closed, and its token store saved.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the relay ran to its end");
+    }
+}
+
 impl Drop for PublicRelay {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -163,4 +196,21 @@ impl Drop for PublicRelay {
         }
         self.task.abort();
     }
+}
+
+/// Sends `data` to the echo target behind the relay's TCP port `port`, half-closes, and
+/// checks that the same bytes come back.
+pub async fn echoes_exactly(port: u16, data: Vec<u8>) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (reader, writer) = stream.into_split();
+    let expected = (data.len() as u64, crate::sha256(&data));
+    let sending = tokio::spawn(async move { crate::write_then_shutdown(writer, &data).await });
+    assert_eq!(crate::hash_to_end(reader).await.unwrap(), expected);
+    sending.await.unwrap().unwrap();
+}
+
+/// The relay port of `remote port` on `session`.
+pub fn public_port(session: &Session, port: u16) -> u16 {
+    let address = session.published(port).tcp_address.expect("a TCP address");
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
 }

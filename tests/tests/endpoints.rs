@@ -9,7 +9,7 @@ use std::time::Duration;
 use sesame_relay::RelayConfig;
 use sesame_relay::proxy_protocol::SIGNATURE;
 use sesame_tests::process::{curl, scratch_dir};
-use sesame_tests::public::{DOMAIN, PublicRelay};
+use sesame_tests::public::{DOMAIN, PublicRelay, echoes_exactly, public_port};
 use sesame_tests::python::{grpc_echo_client, ws_echo_client};
 use sesame_tests::{
     GrpcEcho, HttpBackend, WsEchoServer, closed_port, echo_server, expected_download, hash_to_end,
@@ -530,23 +530,6 @@ async fn a_relay_on_worker_threads_carries_public_tcp_and_https_byte_exact() {
         }
     })
     .await;
-}
-
-/// Sends `data` to the echo target behind the relay's TCP port `port`, half-closes, and
-/// checks that the same bytes come back.
-async fn echoes_exactly(port: u16, data: Vec<u8>) {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (reader, writer) = stream.into_split();
-    let expected = (data.len() as u64, sha256(&data));
-    let sending = tokio::spawn(async move { write_then_shutdown(writer, &data).await });
-    assert_eq!(hash_to_end(reader).await.unwrap(), expected);
-    sending.await.unwrap().unwrap();
-}
-
-/// The relay port of `remote port` on `session`.
-fn public_port(session: &Session, port: u16) -> u16 {
-    let address = session.published(port).tcp_address.expect("a TCP address");
-    address.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
 #[tokio::test]

@@ -73,9 +73,7 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
     let mut config = RelayConfig::default();
     config.grace_period = args.grace;
     config.dial_timeout = args.dial_timeout;
-    config.handshake_timeout = args.handshake_timeout;
-    config.max_remotes_per_token = args.max_remotes_per_token;
-    config.max_connections_per_remote = args.max_connections_per_remote;
+    args.limits.apply(&mut config);
     config.transport = transport;
     config.worker_threads = worker_threads(args.threads);
     let mut relay = Relay::builder().config(config).tokens(opened.store);

@@ -41,7 +41,12 @@ impl Gate {
     }
 
     /// Lets `caller` register `name`, as [`Authorize::claim_name`] decides.
-    pub(crate) fn claim_name(&self, caller: &Caller, name: &RemoteName) -> Result<(), Status> {
-        self.auth.claim_name(caller, name)
+    pub(crate) fn claim_name(
+        &self,
+        caller: &Caller,
+        name: &RemoteName,
+        max_per_token: usize,
+    ) -> Result<(), Status> {
+        self.auth.claim_name(caller, name, max_per_token)
     }
 }

@@ -11,6 +11,7 @@ mod scope;
 mod throttle;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sesame_tunnel::RemoteName;
 use tokio_util::sync::CancellationToken;
@@ -117,17 +118,64 @@ impl Caller {
     }
 }
 
-/// Decides who a call comes from, and who owns which name.
+/// A public TCP port that a remote asks for.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct PortClaim<'a> {
+    /// The relay's port.
+    pub port: u16,
+    /// The remote.
+    pub name: &'a RemoteName,
+    /// The remote's port that it publishes.
+    pub remote_port: u16,
+    /// Whether the remote asked for this port by number, rather than for any free one.
+    pub explicit: bool,
+    /// How long a port stays held for its token once its remote went away.
+    pub hold: Duration,
+    /// The most ports one token may hold.
+    pub max_per_token: usize,
+}
+
+/// Decides who a call comes from, who owns which name, and for whom public TCP ports are
+/// held. The defaults let anyone have any free name or port, and hold nothing.
 pub trait Authorize: Send + Sync + 'static {
     /// The caller, from the call's metadata (`authorization: Bearer TOKEN`); `UNAUTHENTICATED`
     /// when the token is missing, unknown, revoked or expired.
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status>;
 
     /// Lets `caller` register `name`, recording it as the name's owner if nobody owns it yet;
-    /// `PERMISSION_DENIED` when another token owns it.
-    fn claim_name(&self, caller: &Caller, name: &RemoteName) -> Result<(), Status> {
-        let _ = (caller, name);
+    /// `PERMISSION_DENIED` when another token owns it, `RESOURCE_EXHAUSTED` when the caller's
+    /// token already owns `max_per_token` names.
+    fn claim_name(
+        &self,
+        caller: &Caller,
+        name: &RemoteName,
+        max_per_token: usize,
+    ) -> Result<(), Status> {
+        let _ = (caller, name, max_per_token);
         Ok(())
+    }
+
+    /// Lets a remote of `caller` publish on `claim.port`, holding the port for the caller's
+    /// token; `ALREADY_EXISTS` when it is held for another token (or, asked for as any free
+    /// port, for another remote port of the same token), `RESOURCE_EXHAUSTED` when the token
+    /// holds as many ports as it may.
+    fn claim_port(&self, caller: &Caller, claim: &PortClaim<'_>) -> Result<(), Status> {
+        let _ = (caller, claim);
+        Ok(())
+    }
+
+    /// Tells that the remote of token `token` that had `port` went away: the port stays held
+    /// for the token for the claim's hold time from now.
+    fn release_port(&self, token: &str, port: u16) {
+        let _ = (token, port);
+    }
+
+    /// The port held for `caller`'s token that `remote_port` of `name` had last, if it is
+    /// still held.
+    fn held_port(&self, caller: &Caller, name: &RemoteName, remote_port: u16) -> Option<u16> {
+        let _ = (caller, name, remote_port);
+        None
     }
 }
 

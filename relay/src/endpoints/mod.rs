@@ -16,6 +16,7 @@ use sesame_proto::v1::{ExposedPort, HttpEndpoint, HttpProtocol, TcpEndpoint};
 use sesame_tunnel::{RemoteName, SessionId};
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::lock;
 use crate::registry::PublicEndpoints;
 use tcp::TcpPorts;
@@ -131,11 +132,12 @@ impl Endpoints {
         }
     }
 
-    /// Publishes `port` of `name` (held by `session`) as the agent asks in `request`; returns
-    /// where, as the confirmation shows it and as the registry keeps it. On an error nothing
-    /// changes; what the port had before stays.
+    /// Publishes `port` of `name` (held by `session` of `caller`) as the agent asks in
+    /// `request`; returns where, as the confirmation shows it and as the registry keeps it. On
+    /// an error nothing changes; what the port had before stays.
     pub(crate) fn publish(
         &self,
+        caller: &Caller,
         name: &RemoteName,
         session: &SessionId,
         port: u16,
@@ -153,7 +155,7 @@ impl Endpoints {
                         "this relay publishes no TCP ports (it runs without --tcp-ports)",
                     )
                 })?;
-                Some(ports.open(name, session, port, tcp)?)
+                Some(ports.open(caller, name, session, port, tcp)?)
             }
         };
         let mut hosts = lock(&self.hosts);

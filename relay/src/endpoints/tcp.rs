@@ -1,9 +1,11 @@
 //! Public TCP ports: a port of the relay's range, listened on by the relay, whose every
 //! connection is dialed to one port of a remote.
 //!
-//! A remote that comes back (a reconnect, a relay restart is not covered) gets the port it had
-//! last while it is free: the table remembers the last holder of each port, and hands other
-//! remotes ports nobody held before ones that someone did.
+//! A port stays held for the token whose remote had it (through [`Authorize::claim_port`]),
+//! for a while after the remote went away: a remote of another token cannot take it over
+//! while the first one reconnects, and the remote that comes back (after a reconnect or a
+//! relay restart) gets it again. Without tokens, the table remembers the last holder of each
+//! port, and hands other remotes ports nobody held before ones that someone did.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::auth::{Authorize, Caller, PortClaim};
 use crate::config::TcpPortRange;
 use crate::lock;
 use crate::proxy_protocol::v2_header;
@@ -37,6 +40,18 @@ pub(crate) struct TcpPorts {
     table: Arc<Mutex<Table>>,
     /// What carries the ports' connections.
     carrier: Carrier,
+    /// Who ports are held for.
+    auth: Arc<dyn Authorize>,
+    limits: PortLimits,
+}
+
+/// How many ports a token may hold, and how long.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PortLimits {
+    /// How long a port stays held for its token once its remote went away.
+    pub(crate) hold: std::time::Duration,
+    /// The most ports one token may hold.
+    pub(crate) per_token: usize,
 }
 
 /// What a TCP port's connections need: the sessions to dial, and when to stop.
@@ -62,6 +77,8 @@ struct Table {
 struct Holder {
     name: RemoteName,
     session: SessionId,
+    /// The token of the session, for whom the port stays held when it goes.
+    owner: Option<String>,
     remote_port: u16,
     proxy_protocol: bool,
     /// Cancelled to close the listener.
@@ -69,11 +86,18 @@ struct Holder {
 }
 
 impl TcpPorts {
-    pub(crate) fn new(range: TcpPortRange, carrier: Carrier) -> Self {
+    pub(crate) fn new(
+        range: TcpPortRange,
+        carrier: Carrier,
+        auth: Arc<dyn Authorize>,
+        limits: PortLimits,
+    ) -> Self {
         TcpPorts {
             range,
             table: Arc::default(),
             carrier,
+            auth,
+            limits,
         }
     }
 
@@ -90,9 +114,11 @@ impl TcpPorts {
         format!("{}-{}", self.range.ports.start(), self.range.ports.end())
     }
 
-    /// Opens a port for `remote_port` of `name` (held by `session`), as `request` asks.
+    /// Opens a port for `remote_port` of `name` (held by `session` of `caller`), as `request`
+    /// asks.
     pub(crate) fn open(
         &self,
+        caller: &Caller,
         name: &RemoteName,
         session: &SessionId,
         remote_port: u16,
@@ -113,6 +139,7 @@ impl TcpPorts {
         let holder = Holder {
             name: name.clone(),
             session: session.clone(),
+            owner: caller.token().map(str::to_owned),
             remote_port,
             proxy_protocol: request.proxy_protocol,
             stop: CancellationToken::new(),
@@ -131,6 +158,14 @@ impl TcpPorts {
             held.proxy_protocol = request.proxy_protocol;
             return Ok(self.opened(port, request.proxy_protocol));
         }
+        let claim = |port, explicit| PortClaim {
+            port,
+            name,
+            remote_port,
+            explicit,
+            hold: self.limits.hold,
+            max_per_token: self.limits.per_token,
+        };
         let (port, listener) = match wanted {
             Some(port) => {
                 if table.open.contains_key(&port) {
@@ -138,7 +173,13 @@ impl TcpPorts {
                         "TCP port {port} is taken by another remote"
                     )));
                 }
+                // Whom the port is held for first: that answer does not depend on whether
+                // the listener of a remote that just went has closed yet.
+                self.auth.claim_port(caller, &claim(port, true))?;
                 let listener = self.bind(port).map_err(|error| {
+                    if let Some(token) = caller.token() {
+                        self.auth.release_port(token, port);
+                    }
                     Status::already_exists(format!(
                         "TCP port {port} cannot be opened on the relay: {}",
                         io_reason(&error)
@@ -146,18 +187,17 @@ impl TcpPorts {
                 })?;
                 (port, listener)
             }
-            None => self.bind_any(&table, name).ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "every TCP port of this relay's range {} is taken",
-                    self.describe_range()
-                ))
-            })?,
+            None => self.bind_any(&table, caller, name, remote_port, claim)?,
         };
         // This remote port may have had another relay port: it gives it up.
-        table.open.retain(|_, held| {
+        let auth = &self.auth;
+        table.open.retain(|&old, held| {
             let replaced = held.session == *session && held.remote_port == remote_port;
             if replaced {
                 held.stop.cancel();
+                if let Some(owner) = &held.owner {
+                    auth.release_port(owner, old);
+                }
             }
             !replaced
         });
@@ -186,28 +226,54 @@ impl TcpPorts {
         TcpListener::from_std(listener)
     }
 
-    /// A free port for `name`: the one it held last, else one nobody held, else any.
-    fn bind_any(&self, table: &Table, name: &RemoteName) -> Option<(u16, TcpListener)> {
+    /// A free port for `remote_port` of `name`, held for `caller`'s token with `claim`: the
+    /// one held for it, else the one it had last, else one nobody had, else any that is not
+    /// held for another.
+    fn bind_any<'a>(
+        &self,
+        table: &Table,
+        caller: &Caller,
+        name: &'a RemoteName,
+        remote_port: u16,
+        claim: impl Fn(u16, bool) -> PortClaim<'a>,
+    ) -> Result<(u16, TcpListener), Status> {
         let free = |port: &u16| !table.open.contains_key(port);
-        let previous = table
-            .last_holder
-            .iter()
-            .filter(|(port, holder)| *holder == name && free(port))
-            .map(|(&port, _)| port);
+        let held = self.auth.held_port(caller, name, remote_port);
+        let previous = held.into_iter().chain(
+            table
+                .last_holder
+                .iter()
+                .filter(|(_, holder)| *holder == name)
+                .map(|(&port, _)| port),
+        );
         let fresh = self
             .range
             .ports
             .clone()
-            .filter(|port| free(port) && !table.last_holder.contains_key(port));
+            .filter(|port| !table.last_holder.contains_key(port));
         let reused = self
             .range
             .ports
             .clone()
-            .filter(|port| free(port) && table.last_holder.contains_key(port));
-        previous
-            .chain(fresh)
-            .chain(reused)
-            .find_map(|port| Some((port, self.bind(port).ok()?)))
+            .filter(|port| table.last_holder.contains_key(port));
+        for port in previous.chain(fresh).chain(reused).filter(free) {
+            let Ok(listener) = self.bind(port) else {
+                continue;
+            };
+            match self.auth.claim_port(caller, &claim(port, false)) {
+                Ok(()) => return Ok((port, listener)),
+                // The token holds all the ports it may: no other port will do.
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    return Err(status);
+                }
+                // Held for another remote: try the next.
+                Err(_) => {}
+            }
+        }
+        Err(Status::resource_exhausted(format!(
+            "every TCP port of this relay's range {} is taken or held for other remotes",
+            self.describe_range()
+        )))
     }
 
     /// Closes the port that `port` of `session` has, if any.
@@ -221,10 +287,13 @@ impl TcpPorts {
     }
 
     fn close(&self, matches: impl Fn(&Holder) -> bool) {
-        lock(&self.table).open.retain(|port, held| {
+        lock(&self.table).open.retain(|&port, held| {
             if matches(held) {
                 debug!(port, remote = %held.name, "TCP port closed");
                 held.stop.cancel();
+                if let Some(owner) = &held.owner {
+                    self.auth.release_port(owner, port);
+                }
                 return false;
             }
             true

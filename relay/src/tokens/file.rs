@@ -1,5 +1,5 @@
-//! The token store's file, `tokens.json` in the relay's data directory: token hashes, scopes
-//! and the names each token owns. Written whole to a temporary file, then renamed, readable
+//! The token store's file, `tokens.json` in the relay's data directory: token hashes, scopes,
+//! the names each token owns and the public TCP ports held for it. Written whole to a temporary file, then renamed, readable
 //! by the relay's user alone.
 
 use std::collections::BTreeMap;
@@ -18,6 +18,26 @@ pub(crate) struct StoreFile {
     pub(crate) tokens: Vec<TokenEntry>,
     /// Remote name to the id of the token that owns it.
     pub(crate) names: BTreeMap<String, String>,
+    /// Public TCP port to the token it is held for. Absent from files of relays that held
+    /// none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) ports: BTreeMap<u16, PortEntry>,
+}
+
+/// A public TCP port held for a token: which of its remotes' ports had it, and since when it
+/// is free of them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PortEntry {
+    /// The id of the token.
+    pub(crate) token: String,
+    /// The remote that had the port.
+    pub(crate) name: String,
+    /// The remote's port it published.
+    pub(crate) remote_port: u16,
+    /// Unix seconds when the remote went away; `None` while it has the port.
+    #[serde(default)]
+    pub(crate) released: Option<u64>,
 }
 
 /// One token, without its secret.
@@ -79,6 +99,15 @@ mod tests {
             revoked: None,
         });
         file.names.insert("laptop".into(), "0123abcd".into());
+        file.ports.insert(
+            20022,
+            PortEntry {
+                token: "0123abcd".into(),
+                name: "laptop".into(),
+                remote_port: 22,
+                released: Some(3),
+            },
+        );
         write(&path, &file).unwrap();
         assert_eq!(parse(&std::fs::read(&path).unwrap()).unwrap(), file);
         #[cfg(unix)]
@@ -93,6 +122,8 @@ mod tests {
                 .contains("version 2")
         );
         assert!(parse(b"not json").is_err());
+        let older = parse(b"{\"version\":1,\"tokens\":[],\"names\":{}}").unwrap();
+        assert!(older.ports.is_empty(), "files without ports still read");
         assert!(parse(b"{\"version\":1,\"tokens\":[],\"names\":{},\"extra\":1}").is_err());
     }
 }

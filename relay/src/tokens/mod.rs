@@ -192,8 +192,22 @@ impl TokenStore {
         lock(&self.state).describe(id)
     }
 
+    /// Writes what changed since the file was last written, at once: name claims and port
+    /// holds are otherwise written a moment after they change. For a relay that stops.
+    pub fn save(&self) -> Result<(), TokenStoreError> {
+        self.write_latest()
+    }
+
+    /// Drops the names and ports of tokens that were revoked or have expired, and saves that
+    /// soon.
+    fn forget_unusable(&self) {
+        if lock(&self.state).forget_unusable(SystemTime::now()) {
+            self.flush_soon();
+        }
+    }
+
     /// Revokes a token: calls with it fail from now on, and what it has open ends. The names
-    /// it owned are free again. Revoking a revoked token changes nothing.
+    /// it owned, and the ports held for it, are free again. Revoking a revoked token changes nothing.
     ///
     /// If the file cannot be written, the token stays revoked until the relay stops, and the
     /// error is returned: the revocation is not saved. Revoking the token again writes the
@@ -218,7 +232,7 @@ mod tests {
     use tonic::metadata::MetadataMap;
 
     use super::*;
-    use crate::auth::Authorize;
+    use crate::auth::{Authorize, PortClaim};
 
     fn metadata(token: &str) -> MetadataMap {
         let mut metadata = MetadataMap::new();
@@ -421,13 +435,108 @@ mod tests {
         let first_caller = store.authenticate(&metadata(&first_token)).unwrap();
         let second_caller = store.authenticate(&metadata(&second_token)).unwrap();
         let name = RemoteName::new("laptop").unwrap();
-        store.claim_name(&first_caller, &name).unwrap();
-        store.claim_name(&first_caller, &name).unwrap();
-        let refused = store.claim_name(&second_caller, &name).unwrap_err();
+        store.claim_name(&first_caller, &name, 10).unwrap();
+        store.claim_name(&first_caller, &name, 10).unwrap();
+        let refused = store.claim_name(&second_caller, &name, 10).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert_eq!(store.get(&first.id).unwrap().owned_names, ["laptop"]);
         store.revoke(&first.id).unwrap();
-        store.claim_name(&second_caller, &name).unwrap();
+        store.claim_name(&second_caller, &name, 10).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_owns_a_limited_number_of_names_and_expired_tokens_own_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let (_, greedy) = store
+            .create(scopes(&["expose:cam-*"]), String::new(), None)
+            .unwrap();
+        let greedy = store.authenticate(&metadata(&greedy)).unwrap();
+        for n in 0..3 {
+            let name = RemoteName::new(format!("cam-{n}")).unwrap();
+            store.claim_name(&greedy, &name, 3).unwrap();
+        }
+        let fourth = RemoteName::new("cam-3").unwrap();
+        let refused = store.claim_name(&greedy, &fourth, 3).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("3 remote names"), "{refused:?}");
+        // A name it owns is still its own.
+        let owned = RemoteName::new("cam-0").unwrap();
+        store.claim_name(&greedy, &owned, 3).unwrap();
+
+        // Names of a token that expired are dropped, from memory and from the file.
+        let (short, secret) = store
+            .create(
+                scopes(&["expose:*"]),
+                String::new(),
+                Some(Duration::from_secs(60)),
+            )
+            .unwrap();
+        let short_caller = store.authenticate(&metadata(&secret)).unwrap();
+        let name = RemoteName::new("brief").unwrap();
+        store.claim_name(&short_caller, &name, 3).unwrap();
+        lock(&store.state).expire_all();
+        store.forget_unusable();
+        assert!(store.get(&short.id).unwrap().owned_names.is_empty());
+        store.write_latest().unwrap();
+        let text = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
+        assert!(!text.contains("brief"), "{text}");
+        assert!(text.contains("cam-2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_port_stays_held_for_its_token_for_the_hold_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap().store;
+        let caller = |store: &TokenStore| {
+            let (_, secret) = store
+                .create(scopes(&["expose:*"]), String::new(), None)
+                .unwrap();
+            store.authenticate(&metadata(&secret)).unwrap()
+        };
+        let (owner, thief) = (caller(&store), caller(&store));
+        let (pi, evil) = (
+            RemoteName::new("pi").unwrap(),
+            RemoteName::new("evil").unwrap(),
+        );
+        let claim = |port, name, explicit, hold| PortClaim {
+            port,
+            name,
+            remote_port: 22,
+            explicit,
+            hold,
+            max_per_token: 2,
+        };
+        let day = Duration::from_secs(86_400);
+        store
+            .claim_port(&owner, &claim(20022, &pi, true, day))
+            .unwrap();
+        let taken = store.claim_port(&thief, &claim(20022, &evil, true, day));
+        assert_eq!(taken.unwrap_err().code(), tonic::Code::AlreadyExists);
+        // The owner's remote goes away: the port stays held, across a restart too.
+        store.release_port(owner.token().unwrap(), 20022);
+        store.write_latest().unwrap();
+        let reopened = TokenStore::open(dir.path()).unwrap().store;
+        for store in [&store, &reopened] {
+            let taken = store.claim_port(&thief, &claim(20022, &evil, true, day));
+            assert!(taken.is_err(), "held after the remote went away");
+            assert_eq!(store.held_port(&owner, &pi, 22), Some(20022));
+        }
+        // Once the hold is over, anyone may have it.
+        reopened
+            .claim_port(&thief, &claim(20022, &evil, true, Duration::ZERO))
+            .unwrap();
+        // A token holds a limited number of ports, held ones included.
+        store
+            .claim_port(&owner, &claim(20023, &pi, true, day))
+            .unwrap();
+        let third = store.claim_port(&owner, &claim(20024, &pi, true, day));
+        assert_eq!(third.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        // Revoking the token frees its ports at once.
+        store.revoke(owner.token().unwrap()).unwrap();
+        store
+            .claim_port(&thief, &claim(20022, &evil, true, day))
+            .unwrap();
     }
 
     #[test]

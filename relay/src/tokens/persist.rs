@@ -73,7 +73,8 @@ pub(super) fn load(data_dir: &Path) -> Result<Loaded, TokenStoreError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => (StoreFile::default(), true),
         Err(error) => return Err(io(&path)(error)),
     };
-    let state = State::from_file(file.tokens, file.names).map_err(corrupt)?;
+    let now = std::time::SystemTime::now();
+    let state = State::from_file(file.tokens, file.names, file.ports, now).map_err(corrupt)?;
     Ok(Loaded { path, state, new })
 }
 
@@ -90,6 +91,7 @@ fn snapshot(state: &State, new: Option<&TokenEntry>) -> StoreFile {
         version: file::VERSION,
         tokens,
         names: state.names().clone(),
+        ports: state.ports().clone(),
     }
 }
 

@@ -1,16 +1,16 @@
-//! The store in memory: its tokens, which token owns which remote name, and the changes made
-//! to them. Nothing here reads or writes the disk, takes a lock or waits; the store calls
+//! The store in memory: its tokens, which token owns which remote name, the public TCP ports
+//! held for tokens, and the changes made to them. Nothing here reads or writes the disk, takes a lock or waits; the store calls
 //! these under its lock, and `persist` writes what they leave.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-use super::file::TokenEntry;
+use super::file::{PortEntry, TokenEntry};
 use super::{TokenInfo, TokenStoreError, secret};
-use crate::auth::Scope;
+use crate::auth::{PortClaim, Scope};
 
 /// The tokens a store holds and the names they own.
 pub(super) struct State {
@@ -18,6 +18,10 @@ pub(super) struct State {
     tokens: BTreeMap<String, Live>,
     /// Remote name to the id of the token that owns it.
     names: BTreeMap<String, String>,
+    /// How many names each token owns, by id: what `names` says, counted.
+    owned: HashMap<String, usize>,
+    /// Public TCP port to the token it is held for.
+    ports: BTreeMap<u16, PortEntry>,
     /// Counts the changes made since the store opened, so that persistence can tell whether
     /// the file holds the latest of them.
     generation: u64,
@@ -45,6 +49,19 @@ pub(super) enum Claim {
     Claimed,
     /// Another token, still valid, owns it.
     Taken,
+    /// The token owns as many names as it may.
+    TooMany(usize),
+}
+
+/// What came of claiming a public TCP port for a token.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PortClaimed {
+    /// The token holds it now (or held it already).
+    Held,
+    /// It is held for another token, or for another port of the same token.
+    Taken,
+    /// The token holds as many ports as it may.
+    TooMany(usize),
 }
 
 /// Unix seconds, the file's resolution.
@@ -110,20 +127,50 @@ impl Live {
 }
 
 impl State {
-    /// The state the file's tokens and names describe; the reason if one of them is malformed.
+    /// The state the file's tokens, names and ports describe, as of `now`; the reason if one
+    /// of them is malformed. Names and ports of tokens that no longer count are dropped, and
+    /// every port's remote is taken to have gone away now, when the relay that had it stopped.
     pub(super) fn from_file(
         tokens: Vec<TokenEntry>,
         names: BTreeMap<String, String>,
+        mut ports: BTreeMap<u16, PortEntry>,
+        now: SystemTime,
     ) -> Result<Self, String> {
         let tokens = tokens
             .into_iter()
             .map(|entry| Ok((entry.id.clone(), Live::from_entry(entry)?)))
             .collect::<Result<_, String>>()?;
-        Ok(State {
+        for entry in ports.values_mut() {
+            entry.released.get_or_insert(unix(now));
+        }
+        let mut state = State {
             tokens,
             names,
+            owned: HashMap::new(),
+            ports,
             generation: 0,
-        })
+        };
+        state.forget_unusable(now);
+        Ok(state)
+    }
+
+    /// Drops the names and ports of tokens that are revoked, expired or unknown; says whether
+    /// there were any.
+    pub(super) fn forget_unusable(&mut self, now: SystemTime) -> bool {
+        let tokens = &self.tokens;
+        let usable = |id: &String| tokens.get(id).is_some_and(|t| t.usable(now));
+        let (names, ports) = (self.names.len(), self.ports.len());
+        self.names.retain(|_, owner| usable(owner));
+        self.ports.retain(|_, held| usable(&held.token));
+        let changed = names != self.names.len() || ports != self.ports.len();
+        self.owned.clear();
+        for owner in self.names.values() {
+            *self.owned.entry(owner.clone()).or_default() += 1;
+        }
+        if changed {
+            self.generation += 1;
+        }
+        changed
     }
 
     /// How many changes were made since the store opened.
@@ -139,6 +186,11 @@ impl State {
     /// Remote name to the id of the token that owns it.
     pub(super) fn names(&self) -> &BTreeMap<String, String> {
         &self.names
+    }
+
+    /// Public TCP port to the token it is held for.
+    pub(super) fn ports(&self) -> &BTreeMap<u16, PortEntry> {
+        &self.ports
     }
 
     /// A new token, not yet added: its id is unique among the tokens here, so it must be added
@@ -196,6 +248,8 @@ impl State {
         live.entry.revoked = Some(unix(now));
         live.ended.cancel();
         self.names.retain(|_, owner| owner != id);
+        self.owned.remove(id);
+        self.ports.retain(|_, held| held.token != id);
         self.generation += 1;
         Ok(())
     }
@@ -205,9 +259,16 @@ impl State {
         self.tokens.get_mut(id)
     }
 
-    /// Gives `name` to the token `id` unless another token that still counts owns it: a name
-    /// belongs to the first token that registers it, until that token is revoked or expires.
-    pub(super) fn claim(&mut self, name: &str, id: &str, now: SystemTime) -> Claim {
+    /// Gives `name` to the token `id` unless another token that still counts owns it, or `id`
+    /// owns `max_names` already: a name belongs to the first token that registers it, until
+    /// that token is revoked or expires.
+    pub(super) fn claim(
+        &mut self,
+        name: &str,
+        id: &str,
+        max_names: usize,
+        now: SystemTime,
+    ) -> Claim {
         match self.names.get(name) {
             Some(owner) if owner == id => return Claim::Owned,
             Some(owner) if self.tokens.get(owner).is_some_and(|t| t.usable(now)) => {
@@ -216,9 +277,91 @@ impl State {
             // Nobody owns it, or its owner is revoked or expired: it is free.
             _ => {}
         }
-        self.names.insert(name.to_owned(), id.to_owned());
+        let owned = self.owned.get(id).copied().unwrap_or_default();
+        if owned >= max_names {
+            return Claim::TooMany(owned);
+        }
+        if let Some(previous) = self.names.insert(name.to_owned(), id.to_owned())
+            && let Some(count) = self.owned.get_mut(&previous)
+        {
+            *count = count.saturating_sub(1);
+        }
+        *self.owned.entry(id.to_owned()).or_default() += 1;
         self.generation += 1;
         Claim::Claimed
+    }
+
+    /// Whether `entry` still holds its port for its token at `now`: the token counts, and
+    /// its remote has the port or went away less than `hold` ago.
+    fn still_held(&self, entry: &PortEntry, hold: Duration, now: SystemTime) -> bool {
+        let usable = self.tokens.get(&entry.token).is_some_and(|t| t.usable(now));
+        let within = entry
+            .released
+            .is_none_or(|at| from_unix(at).checked_add(hold).is_none_or(|end| end > now));
+        usable && within
+    }
+
+    /// Holds `claim.port` for the token `id`, unless it is held for another token (or, asked
+    /// for as any free port, for another port of the same token), or `id` holds as many
+    /// ports as the claim allows.
+    pub(super) fn claim_port(
+        &mut self,
+        claim: &PortClaim<'_>,
+        id: &str,
+        now: SystemTime,
+    ) -> PortClaimed {
+        let entry = PortEntry {
+            token: id.to_owned(),
+            name: claim.name.to_string(),
+            remote_port: claim.remote_port,
+            released: None,
+        };
+        match self.ports.get(&claim.port) {
+            Some(held) if *held == entry => return PortClaimed::Held,
+            Some(held) if self.still_held(held, claim.hold, now) => {
+                let ours = held.token == id;
+                let same = held.name == entry.name && held.remote_port == entry.remote_port;
+                if !ours || !(claim.explicit || same) {
+                    return PortClaimed::Taken;
+                }
+            }
+            _ => {
+                let holds = self
+                    .ports
+                    .values()
+                    .filter(|held| held.token == id && self.still_held(held, claim.hold, now))
+                    .count();
+                if holds >= claim.max_per_token {
+                    return PortClaimed::TooMany(holds);
+                }
+            }
+        }
+        self.ports.insert(claim.port, entry);
+        self.generation += 1;
+        PortClaimed::Held
+    }
+
+    /// Starts the hold of `port` for token `id`, whose remote had it and went away, at `now`.
+    /// Says whether anything changed.
+    pub(super) fn release_port(&mut self, id: &str, port: u16, now: SystemTime) -> bool {
+        match self.ports.get_mut(&port) {
+            Some(held) if held.token == id && held.released.is_none() => {
+                held.released = Some(unix(now));
+                self.generation += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The port held for token `id` that `remote_port` of `name` had last.
+    pub(super) fn held_port(&self, id: &str, name: &str, remote_port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(_, held)| {
+                held.token == id && held.name == name && held.remote_port == remote_port
+            })
+            .map(|(&port, _)| port)
     }
 
     /// Every token, revoked ones included, by id.
