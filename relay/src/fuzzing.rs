@@ -69,7 +69,13 @@ impl Default for HttpFront {
                 tcp: None,
             };
             endpoints
-                .publish(&name, &session, 80, &request)
+                .publish(
+                    &crate::auth::Caller::anyone(),
+                    &name,
+                    &session,
+                    80,
+                    &request,
+                )
                 .expect("a virtual host of a relay with a domain");
         }
         let gone = RemoteName::new("gone").expect("a valid name");
