@@ -11,7 +11,7 @@ use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Action, Gate};
-use crate::sessions::{Dial, Sessions};
+use crate::sessions::{Dial, Entrance, Sessions};
 use crate::{first_message, peer_of, port_number};
 
 /// Serves dialers.
@@ -63,6 +63,7 @@ impl Dialer {
             peer,
             from_dialer: Box::pin(requests),
             dialer_ended: caller.ended().cloned(),
+            entrance: Entrance::Dialer,
         };
         let to_dialer = self.sessions.dial(dial).await?;
         Ok(Response::new(to_dialer))

@@ -81,6 +81,8 @@ impl Default for HttpFront {
         let gone = RemoteName::new("gone").expect("a valid name");
         endpoints.withdraw(&gone, &session, 80);
         let front = Front {
+            public_connections: crate::admission::PerAddress::new(usize::MAX),
+            handshakes_per_address: 1,
             config: config.http,
             transport: config.transport,
             endpoints,

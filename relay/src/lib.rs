@@ -45,6 +45,7 @@
 //! - [`config`]: every setting, depending on nothing else of the relay;
 //! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
 
+mod admission;
 pub mod auth;
 pub mod config;
 mod control;

@@ -18,6 +18,7 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
+use crate::admission::PerAddress;
 use crate::auth::{AllowAll, Authorize, Gate};
 use crate::config::{RelayConfig, TcpPortRange};
 use crate::data_calls::WithDataCall;
@@ -162,10 +163,13 @@ impl RelayBuilder {
         let limits = config.as_ref().into();
         let sessions: Arc<dyn Sessions> =
             Arc::new(LocalSessions::new(self.registry.clone(), limits));
+        let public_connections = PerAddress::new(config.public.connections_per_address);
         let carrier = Carrier {
             sessions: sessions.clone(),
             transport: config.transport.clone(),
             shutdown: shutdown.clone(),
+            public_connections: public_connections.clone(),
+            idle_timeout: config.public.tcp_idle_timeout,
         };
         let port_limits = PortLimits {
             hold: config.tcp_port_hold,
@@ -205,6 +209,8 @@ impl RelayBuilder {
             endpoints,
             sessions,
             shutdown: shutdown.clone(),
+            public_connections,
+            handshakes_per_address: config.max_handshakes_per_address,
         });
         let workers = Workers::start(config.worker_threads).unwrap_or_else(|error| {
             warn!(%error, "no worker threads: serving every connection on the relay's runtime");

@@ -10,19 +10,21 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use sesame_tunnel::io_reason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
 use tracing::debug;
 
+use crate::admission::{Admitted, Handshakes, PerAddress};
 use crate::config::RelayConfig;
 use crate::shutdown::{CutAfterFlush, Shutdown};
 use crate::workers::Workers;
 
-/// The most TLS handshakes under way at once; connections beyond it are closed at once.
-const MAX_HANDSHAKES: usize = 1024;
+/// The most TLS handshakes under way at once on a listener; a new one beyond it sheds the
+/// oldest.
+pub(crate) const MAX_HANDSHAKES: usize = 1024;
 
 /// The most streams of one HTTP/2 connection the relay may reset for the peer's errors
 /// before it closes the connection (hyper's default, which tonic's server would otherwise
@@ -32,7 +34,8 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Serves each connection accepted on `listener` with `routes` on a worker, once `prepare`
 /// (a TLS handshake, say) has made it ready, until the shutdown begins; then waits for
 /// the connections as [`serve`] does. A slow or silent TLS client delays nobody: `prepare`
-/// runs on the workers, at most [`MAX_HANDSHAKES`] at once.
+/// runs on the workers, at most [`MAX_HANDSHAKES`] at once and a few per client address, a
+/// new one shedding the oldest; and an address may keep only so many connections.
 pub(crate) async fn serve_listener<P, PF, IO>(
     config: &RelayConfig,
     shutdown: &Shutdown,
@@ -49,7 +52,7 @@ pub(crate) async fn serve_listener<P, PF, IO>(
     let mut servers = Vec::new();
     let mut inboxes = Vec::new();
     for runtime in workers.runtimes() {
-        let (inbox, incoming) = mpsc::unbounded_channel::<IO>();
+        let (inbox, incoming) = mpsc::unbounded_channel::<Admitted<IO>>();
         let incoming = UnboundedReceiverStream::new(incoming).map(Ok::<_, Infallible>);
         let (config, shutdown, routes) = (config.clone(), shutdown.clone(), routes.clone());
         let serving = async move { serve(&config, shutdown, routes, incoming).await };
@@ -57,7 +60,8 @@ pub(crate) async fn serve_listener<P, PF, IO>(
         inboxes.push(inbox);
     }
     let inboxes: Arc<[_]> = inboxes.into();
-    let preparing = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Handshakes::new(MAX_HANDSHAKES, config.max_handshakes_per_address);
+    let connections = PerAddress::new(config.max_connections_per_address);
     loop {
         let (tcp, remote) = tokio::select! {
             () = shutdown.begun.cancelled() => break,
@@ -71,17 +75,24 @@ pub(crate) async fn serve_listener<P, PF, IO>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let Ok(permit) = preparing.clone().try_acquire_owned() else {
-            debug!(%remote, "too many handshakes under way: closing a new connection");
+        let Some(slot) = connections.take(remote.ip()) else {
+            debug!(%remote, "the address has as many connections as it may: closing a new one");
             continue;
         };
+        let handshake = handshakes.admit(remote.ip());
         let (prepare, inboxes) = (prepare.clone(), inboxes.clone());
         workers.hand_over(tcp, move |tcp, index| async move {
-            let ready = prepare(tcp).await;
-            drop(permit);
+            let ready = tokio::select! {
+                ready = prepare(tcp) => ready,
+                () = handshake.shed().cancelled() => {
+                    debug!(%remote, "a handshake was shed for a newer one");
+                    None
+                }
+            };
+            drop(handshake);
             if let Some(io) = ready {
                 // Refused only once that runtime's server has stopped accepting.
-                let _ = inboxes[index].send(io);
+                let _ = inboxes[index].send(Admitted::new(io, Some(slot)));
             }
         });
     }

@@ -56,13 +56,15 @@ impl Shutdown {
 }
 
 impl Shutdown {
-    /// Runs an HTTP connection; when the shutdown begins, lets it finish its open requests
-    /// (`graceful_shutdown` tells it to), and cuts it at the cut, once its calls' final
-    /// statuses are sent (at most [`FLUSH_AFTER_CUT`] later).
+    /// Runs an HTTP connection; when the shutdown begins, or `idle` completes (the connection
+    /// has been idle long enough), lets it finish its open requests (`graceful_shutdown` tells
+    /// it to), and cuts it at the cut, once its calls' final statuses are sent (at most
+    /// [`FLUSH_AFTER_CUT`] later).
     pub(crate) async fn drive<C>(
         &self,
         connection: C,
         graceful_shutdown: impl FnOnce(&mut Pin<&mut C>),
+        idle: impl Future<Output = ()>,
     ) -> Result<(), hyper::Error>
     where
         C: Future<Output = Result<(), hyper::Error>>,
@@ -71,6 +73,7 @@ impl Shutdown {
         tokio::select! {
             result = &mut connection => return result,
             () = self.begun.cancelled() => graceful_shutdown(&mut connection),
+            () = idle => graceful_shutdown(&mut connection),
         }
         tokio::select! {
             result = &mut connection => return result,

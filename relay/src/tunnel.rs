@@ -112,6 +112,7 @@ impl TunnelService for Tunnel {
             replaced: replaced.clone(),
             owner: caller.token().map(str::to_owned),
             connections: Arc::default(),
+            public_connections: Arc::default(),
         };
         // The limit of remotes per token first: a token at its limit claims no new name.
         let attached = self

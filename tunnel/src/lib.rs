@@ -59,7 +59,7 @@ pub use error::{ERROR_DOMAIN, Error};
 pub use error::{format_duration, io_reason, one_line, status_from_rpc};
 pub use name::RemoteName;
 pub use settings::TransportSettings;
-pub use tcp::join_tcp;
+pub use tcp::{join_tcp, join_tcp_until_idle};
 pub use ticket::SessionId;
 #[doc(hidden)]
 pub use ticket::{AgentKey, Ticket};

@@ -33,23 +33,55 @@ const MIN_READ_BYTES: usize = 4 << 10;
 /// If either end fails, the other is reset rather than closed, so that its peer sees an
 /// error instead of an end of data: the TCP stream closes with RST, and the connection with a
 /// reset whose reason names `tcp_name` (for example `localhost:8080: connection reset`).
-pub async fn join_tcp(
+pub async fn join_tcp(tcp: TcpStream, conn: Connection, tcp_name: &str) -> io::Result<(u64, u64)> {
+    join(tcp, conn, tcp_name, None).await
+}
+
+/// Carries bytes as [`join_tcp`] does, and fails both ends (with an error of kind
+/// `TimedOut`) once neither direction has carried a byte for between one and two `idle`
+/// periods: a connection left idle gives its resources back.
+pub async fn join_tcp_until_idle(
+    tcp: TcpStream,
+    conn: Connection,
+    tcp_name: &str,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    join(tcp, conn, tcp_name, Some(idle)).await
+}
+
+async fn join(
     mut tcp: TcpStream,
     mut conn: Connection,
     tcp_name: &str,
+    idle: Option<Duration>,
 ) -> io::Result<(u64, u64)> {
     // Latency matters more than packet count: small writes (a prompt, a keystroke) go at once.
     let _ = tcp.set_nodelay(true);
     let mut to_tunnel = ToTunnel::default();
     let mut to_tcp = ToTcp::default();
+    // Progress is checked once per period rather than timed on every read: the data path
+    // reads no clock.
+    let mut watch = idle.map(|idle| (Box::pin(tokio::time::sleep(idle)), idle, (0, 0)));
     let joined = poll_fn(|cx| {
         // Both directions are polled every time, so that each registers its wake-up.
         let up = to_tunnel.poll(cx, &mut tcp, &mut conn)?;
         let down = to_tcp.poll(cx, &mut tcp, &mut conn)?;
-        match (up, down) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
+        if let (Poll::Ready(()), Poll::Ready(())) = (up, down) {
+            return Poll::Ready(Ok(()));
         }
+        if let Some((period, idle, seen)) = &mut watch {
+            while period.as_mut().poll(cx).is_ready() {
+                let counts = (to_tunnel.count, to_tcp.count);
+                if counts == *seen {
+                    let message = format!("carried nothing for {}", crate::format_duration(*idle));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)));
+                }
+                *seen = counts;
+                let next = tokio::time::Instant::now() + *idle;
+                period.as_mut().reset(next);
+            }
+        }
+        Poll::Pending
     })
     .await;
     match joined {

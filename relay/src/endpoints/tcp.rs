@@ -11,15 +11,19 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sesame_proto::v1::TcpEndpoint;
-use sesame_tunnel::{Connection, RemoteName, SessionId, TransportSettings, io_reason, join_tcp};
+use sesame_tunnel::{
+    Connection, RemoteName, SessionId, TransportSettings, io_reason, join_tcp_until_idle,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::PerAddress;
 use crate::auth::{Authorize, Caller, PortClaim};
 use crate::config::TcpPortRange;
 use crate::lock;
@@ -49,7 +53,7 @@ pub(crate) struct TcpPorts {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PortLimits {
     /// How long a port stays held for its token once its remote went away.
-    pub(crate) hold: std::time::Duration,
+    pub(crate) hold: Duration,
     /// The most ports one token may hold.
     pub(crate) per_token: usize,
 }
@@ -63,6 +67,10 @@ pub(crate) struct Carrier {
     pub(crate) transport: TransportSettings,
     /// The relay's shutdown: ports stop accepting when it begins, connections end at the cut.
     pub(crate) shutdown: Shutdown,
+    /// The public connections of each client address, shared with the HTTP listeners.
+    pub(crate) public_connections: Arc<PerAddress>,
+    /// How long a connection may carry nothing before it is closed.
+    pub(crate) idle_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -327,12 +335,24 @@ async fn accept(
                 let Some((name, remote_port, proxy_protocol)) = holder(&table, port) else {
                     continue;
                 };
+                let Some(slot) = carrier.public_connections.take(peer.ip()) else {
+                    debug!(%peer, "the address has as many connections as it may: closed");
+                    refuse(&client);
+                    continue;
+                };
                 let target = Target {
                     name,
                     remote_port,
                     proxy_protocol,
                 };
-                tokio::spawn(carry(carrier.clone(), target, client, peer).in_current_span());
+                let carrying = carry(carrier.clone(), target, client, peer);
+                tokio::spawn(
+                    async move {
+                        carrying.await;
+                        drop(slot);
+                    }
+                    .in_current_span(),
+                );
             }
             // Out of file descriptors and the like: the next accept may succeed.
             Err(error) => warn!(error = %io_reason(&error), "accepting a connection failed"),
@@ -356,17 +376,24 @@ async fn carry(carrier: Carrier, target: Target, client: TcpStream, peer: Socket
         Ok(conn) => conn,
         Err(status) => {
             debug!(%peer, error = status.message(), "a public connection could not be carried");
-            // Closing with RST tells the client at once that nothing is there.
-            #[allow(deprecated)]
-            let _ = client.set_linger(Some(std::time::Duration::ZERO));
+            refuse(&client);
             return;
         }
     };
     let cut = &carrier.shutdown.cut;
-    join(cut, client, peer, local, conn, target.proxy_protocol).await;
+    let idle = carrier.idle_timeout;
+    join(cut, client, peer, local, conn, target.proxy_protocol, idle).await;
 }
 
-/// Carries `client` (from `peer`, on `local`) over `conn`, after a PROXY header if asked.
+/// Makes `client`'s close a reset, which tells it at once that nothing is there.
+fn refuse(client: &TcpStream) {
+    // A zero linger never blocks on close: the kernel discards unsent data and sends RST.
+    #[allow(deprecated)]
+    let _ = client.set_linger(Some(Duration::ZERO));
+}
+
+/// Carries `client` (from `peer`, on `local`) over `conn`, after a PROXY header if asked,
+/// until both ends close, the relay's cut, or `idle` passes with nothing carried.
 async fn join(
     cut: &CancellationToken,
     client: TcpStream,
@@ -374,6 +401,7 @@ async fn join(
     local: Option<SocketAddr>,
     mut conn: Connection,
     proxy_protocol: bool,
+    idle: Duration,
 ) {
     if proxy_protocol
         && let Some(local) = local
@@ -383,7 +411,7 @@ async fn join(
     }
     let client_name = format!("client {peer}");
     tokio::select! {
-        result = join_tcp(client, conn, &client_name) => {
+        result = join_tcp_until_idle(client, conn, &client_name, idle) => {
             if let Err(error) = result {
                 debug!(%peer, error = %io_reason(&error), "a public connection failed");
             }

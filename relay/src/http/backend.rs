@@ -20,6 +20,7 @@ use tonic::Status;
 use tracing::debug;
 
 use super::Front;
+use super::timeouts::TimedBody;
 use crate::lock;
 use crate::sessions::dial_local;
 
@@ -42,8 +43,8 @@ pub(crate) struct Backends {
     front: Arc<Front>,
     /// Who dials, for the agent's logs.
     client: String,
-    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Incoming>>>>,
-    h2: Mutex<HashMap<Key, http2::SendRequest<Incoming>>>,
+    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<TimedBody>>>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<TimedBody>>>,
 }
 
 impl Backends {
@@ -64,7 +65,7 @@ impl Backends {
         name: &RemoteName,
         port: u16,
         protocol: HttpProtocol,
-        request: Request<Incoming>,
+        request: Request<TimedBody>,
         reusable: bool,
     ) -> Result<Response<Incoming>, BackendError> {
         let key = (name.clone(), port);
@@ -77,7 +78,7 @@ impl Backends {
     async fn send_h1(
         &self,
         key: Key,
-        request: Request<Incoming>,
+        request: Request<TimedBody>,
         reusable: bool,
     ) -> Result<Response<Incoming>, BackendError> {
         let mut request = request;
@@ -114,7 +115,7 @@ impl Backends {
     }
 
     /// A pooled HTTP/1.1 connection that is ready for a request, taken out of the pool.
-    fn idle_h1(&self, key: &Key) -> Option<http1::SendRequest<Incoming>> {
+    fn idle_h1(&self, key: &Key) -> Option<http1::SendRequest<TimedBody>> {
         let mut pool = lock(&self.h1);
         let senders = pool.get_mut(key)?;
         senders.retain(|sender| !sender.is_closed());
@@ -124,7 +125,7 @@ impl Backends {
 
     /// Returns a connection to the pool once its request is sent: it is ready again when the
     /// response has been read.
-    fn keep_h1(&self, key: Key, sender: http1::SendRequest<Incoming>, reusable: bool) {
+    fn keep_h1(&self, key: Key, sender: http1::SendRequest<TimedBody>, reusable: bool) {
         if !reusable {
             return;
         }
@@ -139,7 +140,7 @@ impl Backends {
     async fn send_h2(
         &self,
         key: Key,
-        request: Request<Incoming>,
+        request: Request<TimedBody>,
     ) -> Result<Response<Incoming>, BackendError> {
         let cached = lock(&self.h2)
             .get(&key)

@@ -13,12 +13,14 @@ pub(crate) mod headers;
 mod pages;
 mod proxy;
 mod rewind;
+mod timeouts;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,14 +30,17 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::admission::{Handshake, Handshakes, PerAddress};
 use crate::config::HttpConfig;
 use crate::endpoints::Endpoints;
+use crate::serving::MAX_HANDSHAKES;
 use crate::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use crate::workers::Workers;
 use backend::Backends;
 use proxy::Proxy;
 use rewind::Rewind;
+use timeouts::Activity;
 
 /// The body of what the relay answers: the service's, or a page of its own.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -55,6 +60,10 @@ pub(crate) struct Front {
     pub(crate) sessions: Arc<dyn Sessions>,
     /// The relay's shutdown: listeners stop when it begins, connections end at the cut.
     pub(crate) shutdown: Shutdown,
+    /// The public connections of each client address, shared with the TCP ports.
+    pub(crate) public_connections: Arc<PerAddress>,
+    /// The most TLS handshakes one address may have under way on an HTTPS listener.
+    pub(crate) handshakes_per_address: usize,
 }
 
 /// A public HTTP listener, with TLS for HTTPS.
@@ -69,9 +78,11 @@ impl PublicListener {
     }
 }
 
-/// Serves one public listener until the relay shuts down, each connection on a worker.
+/// Serves one public listener until the relay shuts down, each connection on a worker, as
+/// many from one address as it may have, and TLS handshakes as `admission` lets in.
 pub(crate) async fn serve(front: Arc<Front>, public: PublicListener, workers: Arc<Workers>) {
     let scheme = public.scheme();
+    let handshakes = Handshakes::new(MAX_HANDSHAKES, front.handshakes_per_address);
     loop {
         let accepted = tokio::select! {
             () = front.shutdown.begun.cancelled() => return,
@@ -79,11 +90,24 @@ pub(crate) async fn serve(front: Arc<Front>, public: PublicListener, workers: Ar
         };
         match accepted {
             Ok((tcp, client)) => {
+                let Some(slot) = front.public_connections.take(client.ip()) else {
+                    debug!(%client, "the address has as many connections as it may: closed");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let span = info_span!("http", %client, scheme);
-                let (front, tls) = (front.clone(), public.tls.clone());
+                let tls = public
+                    .tls
+                    .clone()
+                    .map(|tls| (tls, handshakes.admit(client.ip())));
+                let front = front.clone();
                 workers.hand_over(tcp, move |tcp, _| {
-                    serve_connection(front, tcp, client, tls).instrument(span)
+                    let serving = serve_connection(front, tcp, client, tls);
+                    async move {
+                        serving.await;
+                        drop(slot);
+                    }
+                    .instrument(span)
                 });
             }
             // Out of file descriptors and the like: the next accept may succeed.
@@ -100,20 +124,28 @@ enum Version {
 }
 
 /// Serves one client connection (a TCP stream, or an in-memory one when fuzzing): TLS first
-/// for HTTPS, then HTTP/1.1 or HTTP/2.
+/// for HTTPS (given up if the handshake is shed for a newer one), then HTTP/1.1 or HTTP/2.
 pub(crate) async fn serve_connection<IO>(
     front: Arc<Front>,
     tcp: IO,
     client: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Handshake)>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let head_timeout = front.config.head_timeout;
     match tls {
-        Some(acceptor) => {
-            let Ok(accepted) = tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await
-            else {
+        Some((acceptor, handshake)) => {
+            let accepting = tokio::time::timeout(head_timeout, acceptor.accept(tcp));
+            let accepted = tokio::select! {
+                accepted = accepting => accepted,
+                () = handshake.shed().cancelled() => {
+                    debug!("a TLS handshake was shed for a newer one");
+                    return;
+                }
+            };
+            drop(handshake);
+            let Ok(accepted) = accepted else {
                 debug!("no TLS handshake in time");
                 return;
             };
@@ -176,11 +208,36 @@ async fn serve_http<IO>(
 {
     let backends = Backends::new(front.clone(), client.to_string());
     let proxy = Arc::new(Proxy::new(front.clone(), backends, client, scheme));
+    // HTTP/2 connections are closed once idle; HTTP/1.1 ones by hyper's head timeout.
+    let activity = (version == Version::Http2).then(Activity::new);
+    let tracked = activity.clone();
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request).await) }
+        let under_way = tracked.as_ref().map(Activity::begin);
+        async move {
+            let response = proxy.handle(request).await;
+            let Some(under_way) = under_way else {
+                return Ok::<_, std::convert::Infallible>(response);
+            };
+            // The request is under way until its response's body is done with.
+            let response = response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _ = &under_way;
+                    frame
+                })
+                .boxed()
+            });
+            Ok(response)
+        }
     });
     let config = &front.config;
+    let idle_timeout = config.idle_timeout;
+    let idle = async move {
+        match activity {
+            Some(activity) => activity.idle_for(idle_timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     let io = TokioIo::new(io);
     let result = match version {
         Version::Http1 => {
@@ -192,7 +249,7 @@ async fn serve_http<IO>(
                 .with_upgrades();
             front
                 .shutdown
-                .drive(connection, |c| c.as_mut().graceful_shutdown())
+                .drive(connection, |c| c.as_mut().graceful_shutdown(), idle)
                 .await
         }
         Version::Http2 => {
@@ -209,7 +266,7 @@ async fn serve_http<IO>(
                 .serve_connection(io, service);
             front
                 .shutdown
-                .drive(connection, |c| c.as_mut().graceful_shutdown())
+                .drive(connection, |c| c.as_mut().graceful_shutdown(), idle)
                 .await
         }
     };

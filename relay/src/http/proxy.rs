@@ -20,6 +20,7 @@ use super::Front;
 use super::backend::{BackendError, Backends};
 use super::headers::{add_forwarding, is_upgrade, remove_hop_by_hop};
 use super::pages::page;
+use super::timeouts::TimedBody;
 use crate::endpoints::HostLookup;
 
 /// Passes a client connection's requests on to the remotes they name.
@@ -46,7 +47,9 @@ impl Proxy {
     }
 
     /// Answers one request: the service's response, or a page saying why there is none.
-    pub(crate) async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let body_timeout = self.front.config.body_timeout;
+        let mut request = request.map(|body| TimedBody::new(body, body_timeout));
         let grpc = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -121,7 +124,7 @@ impl Proxy {
     /// Rewrites a client's request for the service: its host, headers and form.
     fn prepare(
         &self,
-        request: &mut Request<Incoming>,
+        request: &mut Request<TimedBody>,
         host: &str,
         route: &crate::endpoints::HttpRoute,
         upgrade: bool,
@@ -202,7 +205,7 @@ impl Proxy {
 
 /// The host a request is for: the URI's authority (HTTP/2's `:authority`, or an absolute
 /// HTTP/1.1 request target, which RFC 9112 says wins over `Host`), else the `Host` header.
-fn host_of(request: &Request<Incoming>) -> Option<String> {
+fn host_of<B>(request: &Request<B>) -> Option<String> {
     let host = match request.uri().authority() {
         Some(authority) => authority.as_str().to_owned(),
         None => request

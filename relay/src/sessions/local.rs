@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::debug;
 
-use super::{Dial, PendingDial, SessionLink, Sessions};
+use super::{Dial, Entrance, PendingDial, SessionLink, Sessions};
 use crate::auth::Caller;
 use crate::config::RelayConfig;
 use crate::lock;
@@ -28,8 +28,10 @@ pub(crate) struct Limits {
     pub(crate) dial_timeout: Duration,
     /// The most remotes one token may hold at once.
     pub(crate) remotes_per_token: usize,
-    /// The most connections one remote may carry at once.
+    /// The most connections one remote may carry at once for token holders.
     pub(crate) connections_per_remote: usize,
+    /// The most connections one remote may carry at once for public clients.
+    pub(crate) public_connections_per_remote: usize,
 }
 
 impl From<&RelayConfig> for Limits {
@@ -38,6 +40,7 @@ impl From<&RelayConfig> for Limits {
             dial_timeout: config.dial_timeout,
             remotes_per_token: config.max_remotes_per_token,
             connections_per_remote: config.max_connections_per_remote,
+            public_connections_per_remote: config.public.connections_per_remote,
         }
     }
 }
@@ -144,6 +147,7 @@ impl LocalSessions {
             peer,
             from_dialer,
             dialer_ended,
+            entrance,
         } = dial;
         let not_found = || Error::RemoteNotFound {
             name: name.to_string(),
@@ -157,10 +161,14 @@ impl LocalSessions {
         // that just ended): either way it cannot be dialed from here.
         let link = self.get(&record.session).ok_or_else(not_found)?;
         let quoted = format!("{:?}", name.to_string());
-        let limit = self.limits.connections_per_remote;
-        let slot = link.take_slot(limit).ok_or_else(|| {
+        let (limit, whose) = match entrance {
+            Entrance::Dialer => (self.limits.connections_per_remote, ""),
+            Entrance::Public => (self.limits.public_connections_per_remote, "public "),
+        };
+        let slot = link.take_slot(entrance, limit).ok_or_else(|| {
             Status::resource_exhausted(format!(
-                "remote {quoted} already carries {limit} connections, the relay's limit per remote"
+                "remote {quoted} already carries {limit} {whose}connections, the relay's limit \
+                 per remote"
             ))
         })?;
 
@@ -288,6 +296,7 @@ mod tests {
         dial_timeout: Duration::from_secs(10),
         remotes_per_token: 2,
         connections_per_remote: 1,
+        public_connections_per_remote: 1,
     };
 
     fn link() -> (
@@ -301,6 +310,7 @@ mod tests {
             replaced: CancellationToken::new(),
             owner: None,
             connections: Arc::default(),
+            public_connections: Arc::default(),
         };
         (link, notices)
     }
@@ -325,6 +335,7 @@ mod tests {
             peer: "127.0.0.1:1".to_owned(),
             from_dialer: Box::pin(stream::empty()),
             dialer_ended: None,
+            entrance: Entrance::Dialer,
         }
     }
 

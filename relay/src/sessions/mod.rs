@@ -25,6 +25,15 @@ use crate::auth::Caller;
 
 pub(crate) use local::{Attached, LocalSessions};
 
+/// Where a dial comes from, which decides whose connection slots it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entrance {
+    /// A token holder's `Dial` call.
+    Dialer,
+    /// An anonymous client of a public endpoint (a virtual host, a TCP port).
+    Public,
+}
+
 /// A dial: a port of a remote, for a dialer.
 pub(crate) struct Dial {
     /// The remote.
@@ -37,6 +46,8 @@ pub(crate) struct Dial {
     pub(crate) from_dialer: FromDialer,
     /// Cancelled when the dialer's token is revoked or expires: cuts the connection.
     pub(crate) dialer_ended: Option<CancellationToken>,
+    /// Where the dial comes from.
+    pub(crate) entrance: Entrance,
 }
 
 /// The agent sessions a relay reaches, and the dials waiting for them.
@@ -82,19 +93,24 @@ pub(crate) struct SessionLink {
     pub(crate) replaced: CancellationToken,
     /// The token the session registered with.
     pub(crate) owner: Option<String>,
-    /// The connections the session carries now.
+    /// The connections the session carries now for token holders.
     pub(crate) connections: Arc<AtomicUsize>,
+    /// The connections the session carries now for public clients.
+    pub(crate) public_connections: Arc<AtomicUsize>,
 }
 
 impl SessionLink {
-    /// Takes a connection slot, if the session has one free of `limit`.
-    pub(crate) fn take_slot(&self, limit: usize) -> Option<ConnectionSlot> {
-        let taken = self
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            });
-        taken.ok().map(|_| ConnectionSlot(self.connections.clone()))
+    /// Takes a connection slot for a dial from `entrance`, if the session has one free of
+    /// that entrance's `limit`.
+    pub(crate) fn take_slot(&self, entrance: Entrance, limit: usize) -> Option<ConnectionSlot> {
+        let connections = match entrance {
+            Entrance::Dialer => &self.connections,
+            Entrance::Public => &self.public_connections,
+        };
+        let taken = connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        });
+        taken.ok().map(|_| ConnectionSlot(connections.clone()))
     }
 }
 
@@ -138,6 +154,7 @@ pub(crate) async fn dial_local(
         peer,
         from_dialer,
         dialer_ended: None,
+        entrance: Entrance::Public,
     };
     let to_dialer = sessions.dial(dial).await?;
     Ok(local.connect(to_dialer, name.clone(), port))

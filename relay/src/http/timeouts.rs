@@ -1,0 +1,150 @@
+//! What a public client may not hold for long: a request body that sends nothing, and an
+//! HTTP/2 connection with no request under way. (An HTTP/1.1 connection waiting for its next
+//! request is hyper's head timeout's to close.)
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+/// The error of a request body.
+pub(crate) type BodyError = Box<dyn StdError + Send + Sync>;
+
+/// A client's request body that fails once the client has sent nothing of it for `timeout`
+/// while the service waited for more. A service that does not read holds no timer.
+pub(crate) struct TimedBody {
+    inner: Incoming,
+    timeout: Duration,
+    /// Armed while the service waits for the client.
+    timer: Pin<Box<Sleep>>,
+    /// Whether the client sent something since the timer was last set: the clock is read
+    /// only when the body has to wait after progress.
+    progressed: bool,
+}
+
+impl TimedBody {
+    /// `inner`, failing after `timeout` without progress.
+    pub(crate) fn new(inner: Incoming, timeout: Duration) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            progressed: true,
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.progressed = true;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if std::mem::take(&mut this.progressed) {
+            this.timer.as_mut().reset(Instant::now() + this.timeout);
+        }
+        match this.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let seconds = sesame_tunnel::format_duration(this.timeout);
+                Poll::Ready(Some(Err(format!(
+                    "the client sent nothing of its request body for {seconds}"
+                )
+                .into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How many requests of one client connection are under way, to tell when it has been idle
+/// long enough to close.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    under_way: watch::Sender<usize>,
+}
+
+/// A request under way, until dropped (with its response's body).
+#[derive(Debug)]
+pub(crate) struct UnderWay(Arc<Activity>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.under_way.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Activity {
+    /// A connection with no request under way yet.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            under_way: watch::Sender::new(0),
+        })
+    }
+
+    /// A request begins.
+    pub(crate) fn begin(self: &Arc<Self>) -> UnderWay {
+        self.under_way.send_modify(|n| *n += 1);
+        UnderWay(self.clone())
+    }
+
+    /// Completes once no request has been under way for `timeout`. Each turn of the loop
+    /// waits for a request to begin or end, or for the timeout.
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
+        let mut changes = self.under_way.subscribe();
+        loop {
+            let idle = *changes.borrow_and_update() == 0;
+            if idle {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => return,
+                    _ = changes.changed() => {}
+                }
+            } else {
+                // The sender lives in `self`: this cannot fail while borrowed.
+                let _ = changes.changed().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_nothing_under_way_for_the_whole_timeout() {
+        let activity = Activity::new();
+        let timeout = Duration::from_secs(75);
+        let request = activity.begin();
+        let idle = activity.idle_for(timeout);
+        tokio::pin!(idle);
+        let started = Instant::now();
+        tokio::select! {
+            () = &mut idle => panic!("idle with a request under way"),
+            () = tokio::time::sleep(timeout * 3) => {}
+        }
+        drop(request);
+        idle.await;
+        assert!(started.elapsed() >= timeout * 4);
+    }
+}
