@@ -78,6 +78,13 @@ async fn choose_trust(
     interactive: bool,
 ) -> anyhow::Result<(Trust, RelayEntry)> {
     if !url.is_tls() {
+        // Before the token is asked for: it could not be sent anyway.
+        if !url.is_loopback() {
+            return Err(Error::PlaintextToken {
+                relay: url.to_string(),
+            }
+            .into());
+        }
         eprintln!("warning: {url} is plaintext: the token will cross the connection unencrypted");
         return Ok((Trust::SystemRoots, RelayEntry::default()));
     }

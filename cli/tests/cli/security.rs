@@ -380,3 +380,37 @@ fn a_relay_that_cannot_start_makes_no_admin_token_nobody_saw() {
         "the next start makes the admin token, and shows it"
     );
 }
+
+#[test]
+fn a_token_never_goes_over_plaintext_to_another_machine() {
+    // Nothing listens at 10.0.0.1 here, and nothing is sent there: each command refuses
+    // before it connects, which a connection attempt's error ("cannot reach relay") would show.
+    let relay = "http://10.0.0.1:7373";
+    let token = "sesame_0123abcd_00112233445566778899aabbccddeeff";
+    let refused = "refusing to send a token over plaintext to http://10.0.0.1:7373";
+    for args in [
+        vec!["--relay", relay, "--token", token, "ls"],
+        vec!["--relay", relay, "--token", token, "relay", "token", "ls"],
+        vec![
+            "--relay", relay, "--token", token, "expose", "9", "--name", "pi",
+        ],
+        vec![
+            "--relay", relay, "--token", token, "connect", "pi", "--port", "22", "--stdio",
+        ],
+        vec!["login", relay, "--token", token],
+    ] {
+        let stderr = fails(&sesame_run(&args), refused);
+        assert!(
+            stderr.contains("hint: name the relay with https://"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach relay"), "{args:?}: {stderr}");
+    }
+    // The token from the environment is refused the same way.
+    let output = with_config(
+        &scratch_dir(),
+        &["--relay", relay, "ls"],
+        &[("SESAME_TOKEN", token), ("SESAME_KEYRING", "off")],
+    );
+    fails(&output, refused);
+}
