@@ -256,8 +256,7 @@ fn plaintext_is_refused_off_loopback_and_warned_about_on_it() {
     ]);
     let line = relay.wait_for(|line| line.starts_with("relay listening on "));
     let addr = line.trim_start_matches("relay listening on ").to_owned();
-    let line = relay.wait_for(|line| line.trim_start().starts_with("admin token: "));
-    let token = line.trim().trim_start_matches("admin token: ").to_owned();
+    let token = admin_token(&mut relay);
     let url = format!("http://{addr}");
     let stdout = succeeds(&sesame_run(&["--relay", &url, "--token", &token, "ls"]));
     assert!(stdout.contains("no remotes"), "{stdout}");
@@ -413,4 +412,71 @@ fn a_token_never_goes_over_plaintext_to_another_machine() {
         &[("SESAME_TOKEN", token), ("SESAME_KEYRING", "off")],
     );
     fails(&output, refused);
+}
+
+#[test]
+fn the_first_admin_token_goes_to_a_private_file_when_the_output_is_not_a_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = scratch_dir();
+    let mut relay = Proc::sesame(&[
+        "relay",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let token = admin_token(&mut relay);
+    let file = data_dir.join("admin-token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+
+    // The login command shown reads the file, and works as shown.
+    let login = relay.wait_for(|line| line.trim_start().starts_with("sesame login "));
+    assert!(
+        login.contains(&format!("--token \"$(cat {})\"", file.display())),
+        "{login}"
+    );
+    let config = scratch_dir();
+    let shown = login
+        .trim()
+        .replacen("sesame", &format!("'{}'", env!("CARGO_BIN_EXE_sesame")), 1);
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &shown])
+        .env("SESAME_CONFIG_DIR", &config)
+        .env("SESAME_KEYRING", "off")
+        .env_remove("SESAME_TOKEN")
+        .env_remove("SESAME_FINGERPRINT");
+    let stdout = succeeds(&run(command, b""));
+    assert!(stdout.contains("scopes admin"), "{stdout}");
+    let stdout = succeeds(&with_config(&config, &["ls"], &[("SESAME_KEYRING", "off")]));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+
+    relay.signal("TERM");
+    let (_, output) = relay.wait_exit();
+    assert!(
+        !output.contains(&token),
+        "the relay's output holds the admin token:\n{output}"
+    );
+}
+
+#[test]
+fn a_relay_that_cannot_keep_its_admin_token_keeps_no_admin_token() {
+    let data_dir = scratch_dir();
+    // A directory where the file goes: the token cannot be written there.
+    std::fs::create_dir(data_dir.join("admin-token")).unwrap();
+    let output = sesame_run(&[
+        "relay",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    fails(&output, "cannot write this relay's first admin token");
+    assert!(
+        !data_dir.join("tokens.json").exists(),
+        "the next start makes the admin token, and hands it over"
+    );
 }

@@ -253,6 +253,16 @@ impl Drop for Proc {
     }
 }
 
+/// The first admin token of a relay started on a new data directory: its output is a pipe, so
+/// the relay leaves the token in a file and names the file.
+pub(crate) fn admin_token(relay: &mut Proc) -> String {
+    let line = relay.wait_for(|line| line.trim_start().starts_with("admin token file: "));
+    let path = line.trim().trim_start_matches("admin token file: ");
+    let token = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the admin token file {path}: {e}"));
+    token.trim().to_owned()
+}
+
 /// A relay on an ephemeral port, with TLS (a self-signed certificate) and tokens, as
 /// `relay serve` runs by default.
 pub(crate) struct Relay {
@@ -280,8 +290,7 @@ impl Relay {
         let addr = line.trim_start_matches("relay listening on ").to_owned();
         let line = proc.wait_for(|line| line.trim_start().starts_with("fingerprint: "));
         let fingerprint = line.trim().trim_start_matches("fingerprint: ").to_owned();
-        let line = proc.wait_for(|line| line.trim_start().starts_with("admin token: "));
-        let token = line.trim().trim_start_matches("admin token: ").to_owned();
+        let token = admin_token(&mut proc);
         Relay {
             proc,
             url: format!("https://{addr}"),
