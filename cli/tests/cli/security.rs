@@ -480,3 +480,65 @@ fn a_relay_that_cannot_keep_its_admin_token_keeps_no_admin_token() {
         "the next start makes the admin token, and hands it over"
     );
 }
+
+#[test]
+fn login_with_a_ca_keeps_the_authority_not_the_file() {
+    let dir = scratch_dir();
+    let (ours, our_cert, our_key) = authority_and_relay_certificate(&dir, "ours");
+    let (theirs, their_cert, their_key) = authority_and_relay_certificate(&dir, "attacker");
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+    let (our_cert, our_key) = (path(&our_cert), path(&our_key));
+    let mut relay = Relay::start_with(
+        "127.0.0.1:0",
+        &["--tls-cert", &our_cert, "--tls-key", &our_key],
+    );
+    let url = relay.url.clone();
+    let ca_file = dir.join("ca.pem");
+    std::fs::copy(&ours, &ca_file).unwrap();
+    let ca = path(&ca_file);
+    let keyring_off = [("SESAME_KEYRING", "off")];
+
+    let config = scratch_dir();
+    let login = ["login", &url, "--token", &relay.token, "--ca", &ca];
+    succeeds(&with_config(&config, &login, &keyring_off));
+
+    // Whoever can write the file puts their own authority in it: nothing changes.
+    std::fs::copy(&theirs, &ca_file).unwrap();
+    let stdout = succeeds(&with_config(&config, &["ls"], &keyring_off));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+
+    // A login stored before (the file's path) still works as it did, with a warning.
+    let legacy = scratch_dir();
+    let entry = serde_json::json!({
+        "default_relay": url,
+        "relays": { url.clone(): { "ca": path(&ours) } },
+    });
+    std::fs::write(legacy.join("config.json"), entry.to_string()).unwrap();
+    let output = with_config(&legacy, &["ls", "--token", &relay.token], &keyring_off);
+    let stderr = text(&output.stderr);
+    assert!(succeeds(&output).contains("no remotes"), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("log in again"),
+        "{stderr}"
+    );
+
+    // ...and their relay where ours was: refused, as their authority never vouched for it.
+    let addr = url.trim_start_matches("https://").to_owned();
+    relay.proc.signal("TERM");
+    relay.proc.wait_exit();
+    let (their_cert, their_key) = (path(&their_cert), path(&their_key));
+    let impostor = Relay::start_with(&addr, &["--tls-cert", &their_cert, "--tls-key", &their_key]);
+    let stderr = fails(
+        &with_config(&config, &["ls"], &keyring_off),
+        "the relay's certificate is not signed by an authority trusted here",
+    );
+    assert!(
+        stderr.contains("hint: the relay's certificate is not the one trusted"),
+        "{stderr}"
+    );
+
+    // An explicit --ca is read as the file is now.
+    let explicit = ["--ca", &ca, "--token", &impostor.token, "ls"];
+    let stdout = succeeds(&with_config(&config, &explicit, &keyring_off));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+}
