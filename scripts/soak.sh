@@ -104,7 +104,9 @@ relay="https://$(wait_line "$work/relay.out" '^relay listening on 127\.0\.0\.1:[
 # The relay's own certificate and first token: TLS and tokens, as it runs by default.
 export SESAME_FINGERPRINT SESAME_TOKEN
 SESAME_FINGERPRINT=$(wait_line "$work/relay.out" '^  fingerprint: ' $relay_pid | awk '{print $2}')
-SESAME_TOKEN=$(wait_line "$work/relay.out" '^  admin token: ' $relay_pid | awk '{print $3}')
+# On a pipe, the relay leaves its first token in a file only its user can read.
+wait_line "$work/relay.out" '^  admin token file: ' $relay_pid > /dev/null
+SESAME_TOKEN=$(cat "$work/relay-data/admin-token")
 
 "$sesame" --relay "$relay" expose "$echo_port" --name soak > "$work/agent.out" 2> "$work/agent.err" & pids+=($!)
 agent_pid=$!

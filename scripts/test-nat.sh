@@ -197,7 +197,8 @@ start_tunnel() {
   # Across the "internet", the relay serves TLS with its self-signed certificate, and wants
   # its token.
   fingerprint=$(wait_line "$relay_log" '^  fingerprint: ' 10 | awk '{print $2}')
-  token=$(wait_line "$relay_log" '^  admin token: ' 10 | awk '{print $3}')
+  wait_line "$relay_log" '^  admin token file: ' 10 > /dev/null
+  token=$(cat "$work/relay-data-$tag/admin-token")
   sesame_flags=("${flags[@]}" --relay "https://$addr" --fingerprint "$fingerprint" --token "$token")
   agent_log=agent-$tag
   spawn lan "$agent_log" "$sesame" "${sesame_flags[@]}" expose 22 "$svc_port" "$paced_port" --name lanbox

@@ -42,7 +42,19 @@ pub(crate) struct RelayEntry {
     /// The pinned certificate fingerprint, for a self-signed relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
-    /// A CA file to verify it with.
+    /// The certificate authorities to verify it with, PEM: the contents of the file that
+    /// `login --ca` was given, as they were then. Kept rather than the file's path, so that
+    /// whoever can replace that file later cannot change which relays this user trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// A CA file to verify it with, read at every command: what `login --ca` stored before it
+    /// kept the certificates themselves.
+    ///
+    /// Such an entry is still honoured as it was, with a warning to log in again, rather than
+    /// turned into `ca_certificates` on the spot: the file's contents now are not what the user
+    /// checked at login, and keeping them for good at some later command, unasked, would make
+    /// whatever the file holds at that moment trusted for good. Logging in again is the moment
+    /// the user vouches for the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
 }
@@ -272,7 +284,25 @@ pub(crate) fn resolve(cli: &ClientFlags) -> anyhow::Result<RelayAccess> {
                 .map_err(anyhow::Error::msg)
                 .context("the stored fingerprint is not valid: log in again")?,
         ),
-        (None, None, RelayEntry { ca: Some(ca), .. }) => trust_ca(ca)?,
+        (
+            None,
+            None,
+            RelayEntry {
+                ca_certificates: Some(pem),
+                ..
+            },
+        ) => Trust::authorities_from_pem(pem.as_bytes())
+            .map_err(anyhow::Error::msg)
+            .context("the stored CA certificates are not valid: log in again with --ca")?,
+        (None, None, RelayEntry { ca: Some(ca), .. }) => {
+            eprintln!(
+                "warning: {url} is trusted through the CA file {}, read anew by every command, \
+                 so whoever can replace that file decides which relays are trusted; log in \
+                 again with `sesame login {url} --ca FILE` to keep the certificates themselves",
+                ca.display()
+            );
+            trust_ca(ca)?
+        }
         _ => Trust::SystemRoots,
     };
     let token = match &cli.token {
@@ -283,9 +313,19 @@ pub(crate) fn resolve(cli: &ClientFlags) -> anyhow::Result<RelayAccess> {
 }
 
 /// Trusts the authorities in a CA file.
-pub(crate) fn trust_ca(path: &Path) -> anyhow::Result<Trust> {
+fn trust_ca(path: &Path) -> anyhow::Result<Trust> {
+    read_ca(path).map(|(trust, _)| trust)
+}
+
+/// Reads a CA file once: the authorities it holds, and its text, to keep as it is now.
+pub(crate) fn read_ca(path: &Path) -> anyhow::Result<(Trust, String)> {
+    let cannot_use = || format!("cannot use {} as a CA file", path.display());
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Trust::authorities_from_pem(&pem)
+    let trust = Trust::authorities_from_pem(&pem)
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot use {} as a CA file", path.display()))
+        .with_context(cannot_use)?;
+    let text = String::from_utf8(pem)
+        .map_err(|_| anyhow::anyhow!("it holds more than PEM text"))
+        .with_context(cannot_use)?;
+    Ok((trust, text))
 }

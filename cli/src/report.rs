@@ -47,6 +47,10 @@ pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
                     "pass --fingerprint with the fingerprint the relay printed at start, or \
                      --ca with the authority that signed its certificate",
                 ),
+                Error::PlaintextToken { .. } => Some(
+                    "name the relay with https:// (a relay serves TLS unless started with \
+                     --insecure-plaintext, which it accepts on loopback only)",
+                ),
                 Error::RemoteNotFound { .. } => {
                     Some("`sesame ls` lists the remotes connected to the relay")
                 }

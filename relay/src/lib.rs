@@ -40,7 +40,7 @@
 //!   TCP ports' listeners; `http`: the virtual hosts' reverse proxy;
 //! - [`tls`]: the certificate for TLS (given, or self-signed in the data directory), reloaded
 //!   when its files change; `handshake`: TLS connections for the gRPC listener;
-//!   `private_file`: files only the relay's user may read;
+//!   `private_file` ([`write_private_file`]): files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - [`config`]: every setting, depending on nothing else of the relay;
 //! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
@@ -79,6 +79,7 @@ use sesame_tunnel::{Error, format_duration};
 use tonic::{Request, Status};
 
 pub use config::{HttpConfig, PublicLimits, RelayConfig, TcpPortRange};
+pub use private_file::write as write_private_file;
 pub use registry::{MemoryRegistry, PublicEndpoints, Registry, RemoteRecord};
 pub use server::{Relay, RelayBuilder};
 pub use tokens::TokenStore;

@@ -1,11 +1,12 @@
-//! Files only the relay's user may read: its tokens and its private key.
+//! Files only the relay's user may read: its tokens, its private key, and the first admin
+//! token when there is no terminal to show it on.
 
 use std::io::{self, Write};
 use std::path::Path;
 
 /// Writes `contents` to `path` whole: to a temporary file beside it (mode 0600), synced, then
 /// renamed over `path`, so that a crash leaves the old file or the new one, never half of one.
-pub(crate) fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let mut options = std::fs::OpenOptions::new();

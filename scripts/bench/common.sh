@@ -67,7 +67,9 @@ start_relay() {
   shift
   spawn "$name" "$sesame" relay serve --listen 127.0.0.1:0 --data-dir "$work/$name-data" "$@"
   addr=$(wait_line "$name" '^relay listening on ' "$pid" | awk '{print $4}')
-  token=$(wait_line "$name" '^  admin token: ' "$pid" | awk '{print $3}')
+  # On a pipe, the relay leaves its first token in a file only its user can read.
+  wait_line "$name" '^  admin token file: ' "$pid" > /dev/null
+  token=$(cat "$work/$name-data/admin-token")
   case " $* " in
     *" --insecure-plaintext "*) relay_flags=(--relay "http://$addr" --token "$token") ;;
     *)

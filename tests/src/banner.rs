@@ -1,5 +1,5 @@
 //! What `sesame relay serve` prints as it starts: its address, its certificate's fingerprint
-//! and, on its first start, its admin token.
+//! and, on its first start, the file that holds its admin token.
 
 use std::io::{self, BufRead};
 use std::net::SocketAddr;
@@ -18,8 +18,8 @@ pub struct RelayBanner {
 }
 
 impl RelayBanner {
-    /// Reads the banner from the relay's stdout: up to its `tokens:` line, and on a first start
-    /// (a new data directory) on to the admin token.
+    /// Reads the banner from the relay's stdout, a pipe: up to its `tokens:` line, and on a
+    /// first start (a new data directory) on to the admin token's file, which it reads.
     pub fn read(lines: &mut impl BufRead, first_start: bool) -> io::Result<Self> {
         let unexpected = |what: &str| io::Error::other(format!("the relay's banner: {what}"));
         let mut addr = None;
@@ -36,8 +36,10 @@ impl RelayBanner {
                 addr = Some(rest.parse().map_err(|_| unexpected(line))?);
             } else if let Some(rest) = line.strip_prefix("fingerprint: ") {
                 fingerprint = Some(rest.parse().map_err(|_| unexpected(line))?);
-            } else if let Some(rest) = line.strip_prefix("admin token: ") {
-                admin_token = Some(rest.parse().map_err(|_| unexpected(line))?);
+            } else if let Some(path) = line.strip_prefix("admin token file: ") {
+                // On a pipe, the relay leaves the token in a file only its user can read.
+                let text = std::fs::read_to_string(path)?;
+                admin_token = Some(text.parse().map_err(|_| unexpected(line))?);
             } else if line.starts_with("tokens: ") {
                 seen_tokens_line = true;
             }

@@ -352,6 +352,43 @@ async fn grpc_through_the_virtual_host_unary_and_bidi_streaming() {
     .await;
 }
 
+#[tokio::test]
+async fn a_failed_dial_does_not_tell_the_public_where_the_service_listens() {
+    within(async {
+        let relay = PublicRelay::start(RelayConfig::default(), 1).await;
+        let session = agent(&relay, "hidden").await;
+        // The agent's target: an address on its side that nothing listens on, which the
+        // agent's refusal names.
+        let port = closed_port().await;
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let _forward = publish_http(&session, target, http(HttpProtocol::Http1)).await;
+        let url = format!("http://{}", relay.http);
+        let host = format!("Host: hidden.{DOMAIN}");
+
+        let (body, head) = curl(&["-H", &host, &url]).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains(r#"the service behind remote "hidden" is not answering"#),
+            "{body}"
+        );
+        // A gRPC client gets the message as `grpc-message`: it must not tell more.
+        let (_, grpc_head) =
+            curl(&["-H", &host, "-H", "Content-Type: application/grpc", &url]).await;
+        assert!(grpc_head.contains("not answering"), "{grpc_head}");
+        for answer in [body.as_ref(), grpc_head.as_str()] {
+            for secret in [
+                port.to_string(),
+                "127.0.0.1".to_owned(),
+                "refused".to_owned(),
+            ] {
+                assert!(!answer.contains(&secret), "it tells {secret:?}: {answer}");
+            }
+        }
+    })
+    .await;
+}
+
 /// Sends raw bytes to the HTTP listener and returns what comes back before it closes.
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -387,7 +424,7 @@ async fn bad_requests_get_clear_answers_and_harm_nobody_else() {
         let (body, head) = curl(&["-H", &format!("Host: refusing.{DOMAIN}"), &url]).await;
         assert!(head.starts_with("HTTP/1.1 502"), "{head}");
         let body = String::from_utf8_lossy(&body);
-        assert!(body.contains("refused"), "{body}");
+        assert!(body.contains("is not answering"), "{body}");
 
         // A remote that went away: 502, offline.
         let leaving = agent(&relay, "leaving").await;

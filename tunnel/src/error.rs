@@ -85,6 +85,17 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// A token was to go to a relay over plaintext (`http://`) that is not on this machine,
+    /// where anyone on the network between could read it and use it. Nothing was sent: the
+    /// relay's address must be `https://` (relays serve TLS by default).
+    #[error(
+        "refusing to send a token over plaintext to {relay}: only a relay on this machine \
+         (loopback) may be reached over http:// with one; use https://"
+    )]
+    PlaintextToken {
+        /// The relay's address.
+        relay: String,
+    },
     /// A connection to the relay failed outside gRPC (while probing its certificate).
     #[error("cannot reach relay at {relay}")]
     RelayIo {
@@ -130,7 +141,7 @@ impl Error {
             Error::RemoteNotFound { .. } | Error::PortNotExposed { .. } => Code::NotFound,
             Error::TargetRefused { .. } | Error::RelayUnreachable { .. } => Code::Unavailable,
             Error::RelayIo { .. } => Code::Unavailable,
-            Error::BadTrust { .. } => Code::FailedPrecondition,
+            Error::BadTrust { .. } | Error::PlaintextToken { .. } => Code::FailedPrecondition,
             Error::SessionClosed { .. } => Code::Unavailable,
             Error::NameInUse { .. } | Error::PortInUse { .. } => Code::AlreadyExists,
             Error::InvalidName { .. } => Code::InvalidArgument,

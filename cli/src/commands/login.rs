@@ -9,7 +9,7 @@ use sesame_tunnel::tonic::Code;
 use sesame_tunnel::{Error, Fingerprint, RelayAccess, RelayUrl, Token, TransportSettings, Trust};
 
 use crate::args::{ClientFlags, LoginArgs, LogoutArgs};
-use crate::credentials::{Credentials, RelayEntry, Stored, trust_ca};
+use crate::credentials::{Credentials, RelayEntry, Stored, read_ca};
 
 pub(crate) async fn login(cli: &ClientFlags, args: LoginArgs) -> anyhow::Result<()> {
     let url = args.url;
@@ -78,6 +78,13 @@ async fn choose_trust(
     interactive: bool,
 ) -> anyhow::Result<(Trust, RelayEntry)> {
     if !url.is_tls() {
+        // Before the token is asked for: it could not be sent anyway.
+        if !url.is_loopback() {
+            return Err(Error::PlaintextToken {
+                relay: url.to_string(),
+            }
+            .into());
+        }
         eprintln!("warning: {url} is plaintext: the token will cross the connection unencrypted");
         return Ok((Trust::SystemRoots, RelayEntry::default()));
     }
@@ -94,12 +101,13 @@ async fn choose_trust(
         }
         let entry = RelayEntry {
             fingerprint: Some(pin.to_string()),
-            ca: None,
+            ..RelayEntry::default()
         };
         return Ok((Trust::Pinned(pin), entry));
     }
     if let Some(ca) = &cli.ca {
-        let trust = trust_ca(ca)?;
+        // Read once: what is checked now is what is kept, whatever happens to the file later.
+        let (trust, pem) = read_ca(ca)?;
         let presented = RelayAccess::new(url.clone(), trust.clone(), None)
             .probe(settings)
             .await?;
@@ -109,14 +117,11 @@ async fn choose_trust(
                 ca.display()
             );
         }
-        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
-        return Ok((
-            trust,
-            RelayEntry {
-                fingerprint: None,
-                ca: Some(ca),
-            },
-        ));
+        let entry = RelayEntry {
+            ca_certificates: Some(pem),
+            ..RelayEntry::default()
+        };
+        return Ok((trust, entry));
     }
     let presented = RelayAccess::new(url.clone(), Trust::SystemRoots, None)
         .probe(settings)
@@ -147,7 +152,7 @@ async fn choose_trust(
         pinned(fingerprint),
         RelayEntry {
             fingerprint: Some(fingerprint.to_string()),
-            ca: None,
+            ..RelayEntry::default()
         },
     ))
 }

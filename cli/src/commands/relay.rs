@@ -1,5 +1,6 @@
 //! `sesame relay serve`.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,10 +64,12 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
             .as_ref()
             .map(|(certificate, _)| format!(" --fingerprint {}", certificate.fingerprint()))
             .unwrap_or_default();
-        println!("created this relay's first token, with the admin scope; it is shown only now:");
-        println!("  admin token: {admin}");
-        println!("log in with it, here or elsewhere:");
-        println!("  sesame login {url} --token {admin}{pin}");
+        let login = format!("sesame login {url}");
+        if let Err(error) = hand_over_admin_token(admin, &login, &pin, &data_dir) {
+            // Nobody saw the token: without its store, the next start makes a new one.
+            let _ = std::fs::remove_file(opened.store.path());
+            return Err(error);
+        }
         println!("then create tokens for agents and clients:");
         println!("  sesame relay token create --scope expose:laptop --scope connect:laptop");
     }
@@ -133,6 +136,57 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
     }
     println!("relay stopped");
     Ok(())
+}
+
+/// The file in the data directory that holds the first admin token when the relay's output is
+/// not a terminal.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Gives the first admin token, `secret`, to whoever started the relay, with the `login`
+/// command (`sesame login URL`, then `pin`) that uses it. On a terminal it is shown, once.
+/// Otherwise the output goes to a file or a journal, which others may read and which keeps it
+/// for good: the token goes to a file in `data_dir` that only this user can read, and the
+/// output names the file instead.
+fn hand_over_admin_token(
+    secret: &str,
+    login: &str,
+    pin: &str,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    if std::io::stdout().is_terminal() {
+        println!("created this relay's first token, with the admin scope; it is shown only now:");
+        println!("  admin token: {secret}");
+        println!("log in with it, here or elsewhere:");
+        println!("  {login} --token {secret}{pin}");
+        return Ok(());
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    sesame_relay::write_private_file(&path, format!("{secret}\n").as_bytes()).with_context(
+        || {
+            format!(
+                "cannot write this relay's first admin token to {}",
+                path.display()
+            )
+        },
+    )?;
+    println!(
+        "created this relay's first token, with the admin scope, in a file only this user can read:"
+    );
+    println!("  admin token file: {}", path.display());
+    println!("log in with it, here or elsewhere (then delete the file):");
+    let quoted = shell_quoted(&path.display().to_string());
+    println!("  {login} --token \"$(cat {quoted})\"{pin}");
+    Ok(())
+}
+
+/// `text` as one word of a POSIX shell command: as it is if that is safe, else in single
+/// quotes.
+fn shell_quoted(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// The relay's certificate: the one given, or the self-signed one in the data directory
@@ -213,4 +267,23 @@ fn worker_threads(threads: Option<u16>) -> usize {
         usize::from,
     );
     if threads == 1 { 0 } else { threads }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_when_they_need_it() {
+        assert_eq!(
+            shell_quoted("/var/lib/sesame/admin-token"),
+            "/var/lib/sesame/admin-token"
+        );
+        assert_eq!(
+            shell_quoted("/Users/ada/Library/Application Support/relay/admin-token"),
+            "'/Users/ada/Library/Application Support/relay/admin-token'"
+        );
+        assert_eq!(shell_quoted("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(shell_quoted("/tmp/$(x)"), "'/tmp/$(x)'");
+    }
 }

@@ -256,8 +256,7 @@ fn plaintext_is_refused_off_loopback_and_warned_about_on_it() {
     ]);
     let line = relay.wait_for(|line| line.starts_with("relay listening on "));
     let addr = line.trim_start_matches("relay listening on ").to_owned();
-    let line = relay.wait_for(|line| line.trim_start().starts_with("admin token: "));
-    let token = line.trim().trim_start_matches("admin token: ").to_owned();
+    let token = admin_token(&mut relay);
     let url = format!("http://{addr}");
     let stdout = succeeds(&sesame_run(&["--relay", &url, "--token", &token, "ls"]));
     assert!(stdout.contains("no remotes"), "{stdout}");
@@ -379,4 +378,167 @@ fn a_relay_that_cannot_start_makes_no_admin_token_nobody_saw() {
         !data_dir.join("tokens.json").exists(),
         "the next start makes the admin token, and shows it"
     );
+}
+
+#[test]
+fn a_token_never_goes_over_plaintext_to_another_machine() {
+    // Nothing listens at 10.0.0.1 here, and nothing is sent there: each command refuses
+    // before it connects, which a connection attempt's error ("cannot reach relay") would show.
+    let relay = "http://10.0.0.1:7373";
+    let token = "sesame_0123abcd_00112233445566778899aabbccddeeff";
+    let refused = "refusing to send a token over plaintext to http://10.0.0.1:7373";
+    for args in [
+        vec!["--relay", relay, "--token", token, "ls"],
+        vec!["--relay", relay, "--token", token, "relay", "token", "ls"],
+        vec![
+            "--relay", relay, "--token", token, "expose", "9", "--name", "pi",
+        ],
+        vec![
+            "--relay", relay, "--token", token, "connect", "pi", "--port", "22", "--stdio",
+        ],
+        vec!["login", relay, "--token", token],
+    ] {
+        let stderr = fails(&sesame_run(&args), refused);
+        assert!(
+            stderr.contains("hint: name the relay with https://"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach relay"), "{args:?}: {stderr}");
+    }
+    // The token from the environment is refused the same way.
+    let output = with_config(
+        &scratch_dir(),
+        &["--relay", relay, "ls"],
+        &[("SESAME_TOKEN", token), ("SESAME_KEYRING", "off")],
+    );
+    fails(&output, refused);
+}
+
+#[test]
+fn the_first_admin_token_goes_to_a_private_file_when_the_output_is_not_a_terminal() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = scratch_dir();
+    let mut relay = Proc::sesame(&[
+        "relay",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let token = admin_token(&mut relay);
+    let file = data_dir.join("admin-token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+
+    // The login command shown reads the file, and works as shown.
+    let login = relay.wait_for(|line| line.trim_start().starts_with("sesame login "));
+    assert!(
+        login.contains(&format!("--token \"$(cat {})\"", file.display())),
+        "{login}"
+    );
+    let config = scratch_dir();
+    let shown = login
+        .trim()
+        .replacen("sesame", &format!("'{}'", env!("CARGO_BIN_EXE_sesame")), 1);
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &shown])
+        .env("SESAME_CONFIG_DIR", &config)
+        .env("SESAME_KEYRING", "off")
+        .env_remove("SESAME_TOKEN")
+        .env_remove("SESAME_FINGERPRINT");
+    let stdout = succeeds(&run(command, b""));
+    assert!(stdout.contains("scopes admin"), "{stdout}");
+    let stdout = succeeds(&with_config(&config, &["ls"], &[("SESAME_KEYRING", "off")]));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+
+    relay.signal("TERM");
+    let (_, output) = relay.wait_exit();
+    assert!(
+        !output.contains(&token),
+        "the relay's output holds the admin token:\n{output}"
+    );
+}
+
+#[test]
+fn a_relay_that_cannot_keep_its_admin_token_keeps_no_admin_token() {
+    let data_dir = scratch_dir();
+    // A directory where the file goes: the token cannot be written there.
+    std::fs::create_dir(data_dir.join("admin-token")).unwrap();
+    let output = sesame_run(&[
+        "relay",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    fails(&output, "cannot write this relay's first admin token");
+    assert!(
+        !data_dir.join("tokens.json").exists(),
+        "the next start makes the admin token, and hands it over"
+    );
+}
+
+#[test]
+fn login_with_a_ca_keeps_the_authority_not_the_file() {
+    let dir = scratch_dir();
+    let (ours, our_cert, our_key) = authority_and_relay_certificate(&dir, "ours");
+    let (theirs, their_cert, their_key) = authority_and_relay_certificate(&dir, "attacker");
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+    let (our_cert, our_key) = (path(&our_cert), path(&our_key));
+    let mut relay = Relay::start_with(
+        "127.0.0.1:0",
+        &["--tls-cert", &our_cert, "--tls-key", &our_key],
+    );
+    let url = relay.url.clone();
+    let ca_file = dir.join("ca.pem");
+    std::fs::copy(&ours, &ca_file).unwrap();
+    let ca = path(&ca_file);
+    let keyring_off = [("SESAME_KEYRING", "off")];
+
+    let config = scratch_dir();
+    let login = ["login", &url, "--token", &relay.token, "--ca", &ca];
+    succeeds(&with_config(&config, &login, &keyring_off));
+
+    // Whoever can write the file puts their own authority in it: nothing changes.
+    std::fs::copy(&theirs, &ca_file).unwrap();
+    let stdout = succeeds(&with_config(&config, &["ls"], &keyring_off));
+    assert!(stdout.contains("no remotes"), "{stdout}");
+
+    // A login stored before (the file's path) still works as it did, with a warning.
+    let legacy = scratch_dir();
+    let entry = serde_json::json!({
+        "default_relay": url,
+        "relays": { url.clone(): { "ca": path(&ours) } },
+    });
+    std::fs::write(legacy.join("config.json"), entry.to_string()).unwrap();
+    let output = with_config(&legacy, &["ls", "--token", &relay.token], &keyring_off);
+    let stderr = text(&output.stderr);
+    assert!(succeeds(&output).contains("no remotes"), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("log in again"),
+        "{stderr}"
+    );
+
+    // ...and their relay where ours was: refused, as their authority never vouched for it.
+    let addr = url.trim_start_matches("https://").to_owned();
+    relay.proc.signal("TERM");
+    relay.proc.wait_exit();
+    let (their_cert, their_key) = (path(&their_cert), path(&their_key));
+    let impostor = Relay::start_with(&addr, &["--tls-cert", &their_cert, "--tls-key", &their_key]);
+    let stderr = fails(
+        &with_config(&config, &["ls"], &keyring_off),
+        "the relay's certificate is not signed by an authority trusted here",
+    );
+    assert!(
+        stderr.contains("hint: the relay's certificate is not the one trusted"),
+        "{stderr}"
+    );
+
+    // An explicit --ca is read as the file is now.
+    let explicit = ["--ca", &ca, "--token", &impostor.token, "ls"];
+    let stdout = succeeds(&with_config(&config, &explicit, &keyring_off));
+    assert!(stdout.contains("no remotes"), "{stdout}");
 }

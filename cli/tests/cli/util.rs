@@ -253,6 +253,16 @@ impl Drop for Proc {
     }
 }
 
+/// The first admin token of a relay started on a new data directory: its output is a pipe, so
+/// the relay leaves the token in a file and names the file.
+pub(crate) fn admin_token(relay: &mut Proc) -> String {
+    let line = relay.wait_for(|line| line.trim_start().starts_with("admin token file: "));
+    let path = line.trim().trim_start_matches("admin token file: ");
+    let token = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the admin token file {path}: {e}"));
+    token.trim().to_owned()
+}
+
 /// A relay on an ephemeral port, with TLS (a self-signed certificate) and tokens, as
 /// `relay serve` runs by default.
 pub(crate) struct Relay {
@@ -280,8 +290,7 @@ impl Relay {
         let addr = line.trim_start_matches("relay listening on ").to_owned();
         let line = proc.wait_for(|line| line.trim_start().starts_with("fingerprint: "));
         let fingerprint = line.trim().trim_start_matches("fingerprint: ").to_owned();
-        let line = proc.wait_for(|line| line.trim_start().starts_with("admin token: "));
-        let token = line.trim().trim_start_matches("admin token: ").to_owned();
+        let token = admin_token(&mut proc);
         Relay {
             proc,
             url: format!("https://{addr}"),
@@ -459,4 +468,35 @@ pub(crate) fn http_body(response: &[u8]) -> (String, &[u8]) {
         head.lines().next().unwrap_or_default().to_owned(),
         &response[end + 4..],
     )
+}
+
+/// A certificate authority named `who`, and a certificate for a relay on 127.0.0.1 that it
+/// signed, as PEM files in `dir`: returns the paths of the authority's certificate, the relay's
+/// certificate and the relay's key.
+pub(crate) fn authority_and_relay_certificate(
+    dir: &Path,
+    who: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{who} CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let relay_key = KeyPair::generate().unwrap();
+    let mut relay_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    relay_params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let relay_cert = relay_params.signed_by(&relay_key, &issuer).unwrap();
+    let paths = (
+        dir.join(format!("{who}-ca.pem")),
+        dir.join(format!("{who}-relay.pem")),
+        dir.join(format!("{who}-relay-key.pem")),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, relay_cert.pem()).unwrap();
+    std::fs::write(&paths.2, relay_key.serialize_pem()).unwrap();
+    paths
 }

@@ -24,7 +24,8 @@ impl Gate {
     }
 
     /// Who made a call. An address that failed too often is refused before its token is
-    /// looked at; each `UNAUTHENTICATED` counts against its address.
+    /// looked at; each `UNAUTHENTICATED` counts against its address (for IPv6, against its
+    /// /64 network).
     pub(crate) fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let address = request.remote_addr().map(|addr| addr.ip());
         if let Some(address) = address {

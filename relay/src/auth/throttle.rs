@@ -1,25 +1,66 @@
-//! A limit on failed authentications per source address: after a burst of failures, an
-//! address is refused outright until it has waited.
+//! A limit on failed authentications per source: after a burst of failures, a source is
+//! refused outright until it has waited. A source is an IPv4 address, or an IPv6 /64.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
+use tracing::debug;
 
 use crate::config::FailureBudget;
 
-/// The most addresses tracked at once; beyond it, addresses back to a full allowance are
-/// forgotten first.
+/// The most sources tracked at once.
 const MAX_TRACKED: usize = 65_536;
 
-/// Counts failed authentications per address, as a token bucket per address.
+/// Where failures come from, as the limiter counts them: an IPv4 address, or the /64 network
+/// of an IPv6 address. A host usually has a whole /64 to itself (SLAAC, privacy addresses) and
+/// can pick any address in it, so counting its addresses one by one would give it 2^64
+/// budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Source(IpAddr);
+
+impl Source {
+    fn of(address: IpAddr) -> Self {
+        // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`: it is that
+        // IPv4 address, not one /64 that every IPv4 client would share.
+        match address.to_canonical() {
+            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !(u128::from(u64::MAX));
+                Source(IpAddr::V6(Ipv6Addr::from(network)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// Counts failed authentications per source, as a token bucket per source.
 #[derive(Debug)]
 pub(crate) struct FailedAuthLimiter {
     budget: FailureBudget,
-    addresses: Mutex<HashMap<IpAddr, Bucket>>,
+    capacity: usize,
+    table: Mutex<Table>,
+}
+
+/// The sources being counted.
+#[derive(Debug, Default)]
+struct Table {
+    buckets: HashMap<Source, Bucket>,
+    /// While every tracked source is locked out: the soonest one of them is let in again.
+    /// Until then a search for room would find none, so none is made.
+    full_until: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -37,23 +78,76 @@ impl Bucket {
     }
 }
 
+impl Table {
+    /// Makes room for one more source if the table is full; says whether there is room.
+    ///
+    /// Sources back to a full allowance go first: forgetting them changes nothing. Then the
+    /// one closest to a full allowance, if it is not locked out: it gains at most the few
+    /// failures it had not yet earned back. A source that is locked out is never forgotten
+    /// to make room, and neither is everyone at once: an attacker who fills the table with
+    /// sources of its own must not thereby let itself, or anyone, in again. The price, while
+    /// the table is full of locked-out sources, is that a new source's failures go uncounted
+    /// until one of them is let in again.
+    fn make_room(&mut self, budget: FailureBudget, capacity: usize, now: Instant) -> bool {
+        if self.buckets.len() < capacity {
+            return true;
+        }
+        if self.full_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        let full = f64::from(budget.burst);
+        self.buckets.retain(|_, bucket| {
+            bucket.refill(budget, now);
+            bucket.allowance < full
+        });
+        self.full_until = None;
+        if self.buckets.len() < capacity {
+            return true;
+        }
+        let closest = self
+            .buckets
+            .iter()
+            .map(|(source, bucket)| (*source, bucket.allowance))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match closest {
+            Some((source, allowance)) if allowance >= 1.0 => {
+                self.buckets.remove(&source);
+                true
+            }
+            Some((_, allowance)) => {
+                self.full_until = Some(now + budget.refill.mul_f64(1.0 - allowance));
+                false
+            }
+            // Nothing to forget: a table with no room at all.
+            None => false,
+        }
+    }
+}
+
 impl FailedAuthLimiter {
     pub(crate) fn new(budget: FailureBudget) -> Self {
+        Self::with_capacity(budget, MAX_TRACKED)
+    }
+
+    /// A limiter that tracks at most `capacity` sources.
+    fn with_capacity(budget: FailureBudget, capacity: usize) -> Self {
         FailedAuthLimiter {
             budget,
-            addresses: Mutex::default(),
+            capacity,
+            table: Mutex::default(),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<IpAddr, Bucket>) -> T) -> T {
-        f(&mut crate::lock(&self.addresses))
+    fn with<T>(&self, f: impl FnOnce(&mut Table) -> T) -> T {
+        f(&mut crate::lock(&self.table))
     }
 
-    /// `RESOURCE_EXHAUSTED` if `address` has used up its failures and must wait.
+    /// `RESOURCE_EXHAUSTED` if `address`'s source has used up its failures and must wait.
     pub(crate) fn check(&self, address: IpAddr) -> Result<(), Status> {
         let budget = self.budget;
-        self.with(|addresses| {
-            let Some(bucket) = addresses.get_mut(&address) else {
+        let source = Source::of(address);
+        self.with(|table| {
+            let Some(bucket) = table.buckets.get_mut(&source) else {
                 return Ok(());
             };
             bucket.refill(budget, Instant::now());
@@ -62,27 +156,23 @@ impl FailedAuthLimiter {
             }
             let wait = budget.refill.mul_f64(1.0 - bucket.allowance);
             Err(Status::resource_exhausted(format!(
-                "too many failed authentications from {address}: try again in {}",
+                "too many failed authentications from {source}: try again in {}",
                 sesame_tunnel::format_duration(wait.max(Duration::from_millis(1)))
             )))
         })
     }
 
-    /// Counts a failed authentication from `address`.
+    /// Counts a failed authentication from `address`, against its source.
     pub(crate) fn failed(&self, address: IpAddr) {
-        let budget = self.budget;
+        let (budget, capacity) = (self.budget, self.capacity);
+        let source = Source::of(address);
         let now = Instant::now();
-        self.with(|addresses| {
-            if addresses.len() >= MAX_TRACKED && !addresses.contains_key(&address) {
-                addresses.retain(|_, bucket| {
-                    bucket.refill(budget, now);
-                    bucket.allowance < f64::from(budget.burst)
-                });
-                if addresses.len() >= MAX_TRACKED {
-                    addresses.clear();
-                }
+        self.with(|table| {
+            if !table.buckets.contains_key(&source) && !table.make_room(budget, capacity, now) {
+                debug!(%source, "every source tracked is locked out: this one is not counted");
+                return;
             }
-            let bucket = addresses.entry(address).or_insert(Bucket {
+            let bucket = table.buckets.entry(source).or_insert(Bucket {
                 allowance: f64::from(budget.burst),
                 updated: now,
             });
@@ -96,14 +186,25 @@ impl FailedAuthLimiter {
 mod tests {
     use super::*;
 
+    fn address(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Fails `times` authentications from `address`.
+    fn fail(limiter: &FailedAuthLimiter, address: IpAddr, times: u32) {
+        for _ in 0..times {
+            limiter.failed(address);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_failures_locks_one_address_out_for_a_while() {
         let limiter = FailedAuthLimiter::new(FailureBudget {
             burst: 3,
             refill: Duration::from_secs(10),
         });
-        let attacker: IpAddr = "192.0.2.1".parse().unwrap();
-        let bystander: IpAddr = "192.0.2.2".parse().unwrap();
+        let attacker = address("192.0.2.1");
+        let bystander = address("192.0.2.2");
         for _ in 0..3 {
             limiter.check(attacker).unwrap();
             limiter.failed(attacker);
@@ -120,5 +221,88 @@ mod tests {
         limiter.check(attacker).unwrap();
         limiter.failed(attacker);
         assert!(limiter.check(attacker).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_addresses_of_one_ipv6_network_share_one_budget() {
+        let limiter = FailedAuthLimiter::new(FailureBudget {
+            burst: 3,
+            refill: Duration::from_secs(10),
+        });
+        // Each failure from another address of the same /64.
+        for host in 1..=3 {
+            let rotating = address(&format!("2001:db8:1:2::{host}"));
+            limiter.check(rotating).unwrap();
+            limiter.failed(rotating);
+        }
+        let refused = limiter
+            .check(address("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+            .unwrap_err();
+        assert!(
+            refused.message().contains("2001:db8:1:2::/64"),
+            "{}",
+            refused.message()
+        );
+        limiter.check(address("2001:db8:1:3::1")).unwrap();
+
+        // IPv4 clients of a dual-stack listener count as their IPv4 address, each apart.
+        fail(&limiter, address("::ffff:192.0.2.1"), 3);
+        assert!(limiter.check(address("192.0.2.1")).is_err());
+        limiter.check(address("::ffff:192.0.2.2")).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn filling_the_table_with_locked_out_sources_unlocks_none() {
+        let budget = FailureBudget {
+            burst: 2,
+            refill: Duration::from_secs(10),
+        };
+        let limiter = FailedAuthLimiter::with_capacity(budget, 4);
+        let attacker = address("192.0.2.1");
+        fail(&limiter, attacker, 2);
+        assert!(limiter.check(attacker).is_err());
+
+        // The rest of the table, then many more sources, each locked out.
+        for host in 2..=100 {
+            fail(&limiter, address(&format!("198.51.100.{host}")), 2);
+        }
+        assert!(limiter.check(attacker).is_err(), "the attacker is let in");
+        for host in 2..=4 {
+            let locked = address(&format!("198.51.100.{host}"));
+            assert!(limiter.check(locked).is_err(), "{locked} is let in");
+        }
+        // What it costs: a source beyond the table is not counted while all are locked out.
+        let newcomer = address("203.0.113.1");
+        fail(&limiter, newcomer, 2);
+        limiter.check(newcomer).unwrap();
+
+        // Once the locked-out sources have earned a failure back, room is made again, and the
+        // newcomer is counted.
+        tokio::time::advance(budget.refill).await;
+        fail(&limiter, newcomer, 2);
+        assert!(
+            limiter.check(newcomer).is_err(),
+            "the newcomer is not counted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_is_made_by_forgetting_a_source_that_is_not_locked_out() {
+        let budget = FailureBudget {
+            burst: 3,
+            refill: Duration::from_secs(10),
+        };
+        let limiter = FailedAuthLimiter::with_capacity(budget, 2);
+        let attacker = address("192.0.2.1");
+        fail(&limiter, attacker, 3);
+        // One mistyped token: not locked out, the closest to a full allowance.
+        fail(&limiter, address("192.0.2.2"), 1);
+        let newcomer = address("192.0.2.3");
+        fail(&limiter, newcomer, 3);
+        assert!(
+            limiter.check(newcomer).is_err(),
+            "the newcomer is not counted"
+        );
+        assert!(limiter.check(attacker).is_err(), "the attacker is let in");
     }
 }

@@ -165,6 +165,11 @@ impl Proxy {
     }
 
     /// The page for a request that did not get through.
+    ///
+    /// Anyone may read it, so a failed dial is told in the relay's own words: the agent's
+    /// reason names the address its service listens on behind the agent (`127.0.0.1:8080:
+    /// connection refused`), which is the remote owner's to know, not the public's. The
+    /// reason goes to the relay's debug log.
     fn failure(
         &self,
         name: &RemoteName,
@@ -177,19 +182,23 @@ impl Proxy {
             BackendError::Dial(status) => {
                 debug!(remote = %name, port, error = status.message(), "dial failed");
                 let (code, message) = match status.code() {
-                    Code::DeadlineExceeded => {
-                        (StatusCode::GATEWAY_TIMEOUT, status.message().to_owned())
-                    }
+                    Code::DeadlineExceeded => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("remote {quoted} did not answer in time"),
+                    ),
                     Code::NotFound => (
                         StatusCode::BAD_GATEWAY,
                         format!("remote {quoted} is offline"),
                     ),
+                    Code::ResourceExhausted => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "remote {quoted} is at the relay's limit of connections: try again later"
+                        ),
+                    ),
                     _ => (
                         StatusCode::BAD_GATEWAY,
-                        format!(
-                            "remote {quoted} could not reach its service: {}",
-                            status.message()
-                        ),
+                        format!("the service behind remote {quoted} is not answering"),
                     ),
                 };
                 page(code, &message, grpc)

@@ -64,7 +64,20 @@ impl RelayAccess {
             .keep_alive_while_idle(true)
     }
 
+    /// Refuses to put a token on a plaintext connection that leaves this machine. Checked
+    /// before anything is resolved or sent, by every way of connecting, so no command and no
+    /// embedding program can leak a token by naming an `http://` relay elsewhere.
+    fn check_token_transport(&self) -> Result<(), Error> {
+        if self.token.is_some() && !self.url.is_tls() && !self.url.is_loopback() {
+            return Err(Error::PlaintextToken {
+                relay: self.url.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     fn connector(&self) -> Result<Connector, Error> {
+        self.check_token_transport()?;
         let tls = if self.url.is_tls() {
             let config = self
                 .trust
@@ -88,7 +101,8 @@ impl RelayAccess {
     }
 
     /// Opens the HTTP/2 connection to the relay (with TLS for `https://`), failing at once
-    /// when it cannot be reached or its certificate is not trusted.
+    /// when it cannot be reached or its certificate is not trusted, and before connecting when
+    /// it would send a token over plaintext to another machine ([`Error::PlaintextToken`]).
     pub async fn connect(&self, settings: &TransportSettings) -> Result<RelayChannel, Error> {
         let channel = self
             .endpoint(settings)
@@ -98,7 +112,9 @@ impl RelayAccess {
         Ok(self.wrap(channel))
     }
 
-    /// A channel that connects at its first call, and again after it loses the relay.
+    /// A channel that connects at its first call, and again after it loses the relay. Like
+    /// [`connect`](Self::connect), it refuses at once to send a token over plaintext to
+    /// another machine.
     pub fn connect_lazy(&self, settings: &TransportSettings) -> Result<RelayChannel, Error> {
         let channel = self
             .endpoint(settings)
@@ -303,5 +319,56 @@ impl AsyncWrite for RelayStream {
             RelayStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             RelayStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(url: &str, token: bool) -> RelayAccess {
+        let token = token.then(|| "sesame_0123abcd_s3cr3t".parse().unwrap());
+        RelayAccess::new(url.parse().unwrap(), Trust::default(), token)
+    }
+
+    #[test]
+    fn a_token_goes_over_plaintext_only_to_this_machine() {
+        for allowed in [
+            access("http://127.0.0.1:7373", true),
+            access("http://[::1]:7373", true),
+            access("http://localhost:7373", true),
+            access("https://10.0.0.1:7373", true),
+            // Without a token there is no secret to leak.
+            access("http://10.0.0.1:7373", false),
+        ] {
+            assert!(allowed.check_token_transport().is_ok(), "{}", allowed.url);
+        }
+        for refused in [
+            access("http://10.0.0.1:7373", true),
+            access("http://relay.example:7373", true),
+            access("http://[2001:db8::1]:7373", true),
+        ] {
+            let error = refused.check_token_transport().unwrap_err();
+            assert!(
+                matches!(error, Error::PlaintextToken { .. }),
+                "{}: {error}",
+                refused.url
+            );
+            let message = error.to_string();
+            assert!(message.contains(&refused.url.to_string()), "{message}");
+            assert!(message.contains("use https://"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_way_of_connecting_refuses_before_connecting() {
+        let settings = TransportSettings::default();
+        let leaky = access("http://10.0.0.1:7373", true);
+        // A connection attempt would end as `RelayUnreachable` (or not within the test's
+        // time): `PlaintextToken` means none was made.
+        let refused = leaky.connect(&settings).await.unwrap_err();
+        assert!(matches!(refused, Error::PlaintextToken { .. }), "{refused}");
+        let refused = leaky.connect_lazy(&settings).unwrap_err();
+        assert!(matches!(refused, Error::PlaintextToken { .. }), "{refused}");
     }
 }

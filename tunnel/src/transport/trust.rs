@@ -9,7 +9,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 
 /// The SHA-256 digest of a certificate (DER), the form relays print and clients pin.
@@ -147,7 +149,80 @@ fn authority_verifier(roots: Arc<RootCertStore>) -> Result<Arc<dyn ServerCertVer
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| format!("cannot verify certificates with these authorities: {e}"))?;
-    Ok(verifier)
+    Ok(Arc::new(AuthorityVerifier(verifier)))
+}
+
+/// Verifies certificates as certificate authorities vouch for them, and says why one is
+/// refused in words about the relay rather than in the TLS library's names
+/// (`UnknownIssuer`).
+#[derive(Debug)]
+struct AuthorityVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AuthorityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(in_plain_words)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The common reasons a relay's certificate is refused, as a phrase without `: ` in it, so that
+/// an error's last part says it whole.
+fn in_plain_words(error: rustls::Error) -> rustls::Error {
+    let rustls::Error::InvalidCertificate(reason) = &error else {
+        return error;
+    };
+    let why = match reason {
+        CertificateError::UnknownIssuer => "is not signed by an authority trusted here",
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "does not name the relay's address"
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "has expired",
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "is not valid yet"
+        }
+        CertificateError::Revoked => "is revoked",
+        _ => return error,
+    };
+    rustls::Error::General(format!("the relay's certificate {why}"))
+}
+
+/// Why a certificate was refused, as one phrase: a message of this module's own as it is,
+/// without rustls's `unexpected error: ` before it.
+fn refusal(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::General(message) => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The operating system's certificate authorities, read once.
@@ -199,8 +274,8 @@ impl ServerCertVerifier for PinnedVerifier {
         match self.pinned {
             Some(pinned) if pinned == presented => Ok(ServerCertVerified::assertion()),
             Some(pinned) => Err(rustls::Error::General(format!(
-                "the relay's certificate has fingerprint {presented}, not the trusted {pinned}: \
-                 it changed, or this is not your relay",
+                "the relay's certificate has fingerprint {presented}, not the trusted {pinned} \
+                 (it changed, or this is not your relay)",
             ))),
             None => Err(rustls::Error::General(
                 "this system has no certificate authorities".to_owned(),
@@ -302,7 +377,7 @@ impl ServerCertVerifier for Recorder {
             .judge
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map(|_| ())
-            .map_err(|e| e.to_string());
+            .map_err(|e| refusal(&e));
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Presented {
             fingerprint: Fingerprint::of(end_entity),
             verdict,
@@ -357,6 +432,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn refused_certificates_are_explained_in_plain_words() {
+        let refused = in_plain_words(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            refusal(&refused),
+            "the relay's certificate is not signed by an authority trusted here"
+        );
+        let other = rustls::Error::InvalidCertificate(CertificateError::BadSignature);
+        assert_eq!(refusal(&in_plain_words(other.clone())), other.to_string());
     }
 
     #[test]

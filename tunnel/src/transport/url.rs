@@ -1,6 +1,7 @@
 //! A relay's address.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use tonic::transport::Uri;
@@ -36,6 +37,24 @@ impl RelayUrl {
         authority
             .rsplit_once(':')
             .map_or(authority, |(host, _)| host)
+    }
+
+    /// Whether the host is this machine: `localhost`, an address of 127.0.0.0/8, or `::1`
+    /// (also written as the IPv4-mapped `::ffff:127.x.y.z`). Only such a relay may be reached
+    /// over plaintext with a token: nothing but this machine sees the connection.
+    ///
+    /// Other names, even ones that resolve to loopback, do not count: what a name resolves to
+    /// can change, and the check must be made before anything is looked up or sent.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host();
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|host| host.strip_suffix(']'))
+            .unwrap_or(host);
+        match bare.parse::<IpAddr>() {
+            Ok(address) => address.to_canonical().is_loopback(),
+            Err(_) => bare.eq_ignore_ascii_case("localhost"),
+        }
     }
 
     /// The port.
@@ -137,6 +156,35 @@ mod tests {
             (url.host(), url.port(), url.is_tls()),
             ("relay", 7373, false)
         );
+    }
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for local in [
+            "http://127.0.0.1:1",
+            "http://127.1.2.3:1",
+            "http://[::1]:1",
+            "http://[::ffff:127.0.0.1]:1",
+            "http://localhost:1",
+            "http://LocalHost:1",
+        ] {
+            let url: RelayUrl = local.parse().unwrap();
+            assert!(url.is_loopback(), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.1:7373",
+            "http://128.0.0.1:1",
+            "http://0.0.0.0:1",
+            "http://[::]:1",
+            "http://[::2]:1",
+            "http://[::ffff:10.0.0.1]:1",
+            "http://relay.example:1",
+            "http://localhost.example:1",
+            "http://evil.localhost:1",
+        ] {
+            let url: RelayUrl = remote.parse().unwrap();
+            assert!(!url.is_loopback(), "{remote}");
+        }
     }
 
     #[test]
