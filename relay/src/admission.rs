@@ -19,22 +19,31 @@ use tonic::transport::server::Connected;
 
 use crate::lock;
 
-/// A client address as limits count it: IPv4 whole, IPv6 by its /64 (an IPv4-mapped IPv6
-/// address as the IPv4 address it is).
+/// A client address as limits count it: an IPv4 address whole, an IPv6 address by its /64. A
+/// host usually has a whole /64 to itself (SLAAC, privacy addresses) and can pick any address
+/// in it, so counting its addresses one by one would give it 2^64 budgets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct AddressKey(IpAddr);
 
 impl From<IpAddr> for AddressKey {
     fn from(ip: IpAddr) -> Self {
-        match ip {
+        // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`: it is that
+        // IPv4 address, not one /64 that every IPv4 client would share.
+        match ip.to_canonical() {
             IpAddr::V4(v4) => AddressKey(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddressKey(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    AddressKey(IpAddr::V6(Ipv6Addr::from(prefix)))
-                }
-            },
+            IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !u128::from(u64::MAX);
+                AddressKey(IpAddr::V6(Ipv6Addr::from(network)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
     }
 }

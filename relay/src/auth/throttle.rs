@@ -2,8 +2,7 @@
 //! refused outright until it has waited. A source is an IPv4 address, or an IPv6 /64.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,40 +10,11 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::debug;
 
+use crate::admission::AddressKey;
 use crate::config::FailureBudget;
 
 /// The most sources tracked at once.
 const MAX_TRACKED: usize = 65_536;
-
-/// Where failures come from, as the limiter counts them: an IPv4 address, or the /64 network
-/// of an IPv6 address. A host usually has a whole /64 to itself (SLAAC, privacy addresses) and
-/// can pick any address in it, so counting its addresses one by one would give it 2^64
-/// budgets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Source(IpAddr);
-
-impl Source {
-    fn of(address: IpAddr) -> Self {
-        // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`: it is that
-        // IPv4 address, not one /64 that every IPv4 client would share.
-        match address.to_canonical() {
-            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => {
-                let network = u128::from(v6) & !(u128::from(u64::MAX));
-                Source(IpAddr::V6(Ipv6Addr::from(network)))
-            }
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
-        }
-    }
-}
 
 /// Counts failed authentications per source, as a token bucket per source.
 #[derive(Debug)]
@@ -57,7 +27,7 @@ pub(crate) struct FailedAuthLimiter {
 /// The sources being counted.
 #[derive(Debug, Default)]
 struct Table {
-    buckets: HashMap<Source, Bucket>,
+    buckets: HashMap<AddressKey, Bucket>,
     /// While every tracked source is locked out: the soonest one of them is let in again.
     /// Until then a search for room would find none, so none is made.
     full_until: Option<Instant>,
@@ -145,7 +115,7 @@ impl FailedAuthLimiter {
     /// `RESOURCE_EXHAUSTED` if `address`'s source has used up its failures and must wait.
     pub(crate) fn check(&self, address: IpAddr) -> Result<(), Status> {
         let budget = self.budget;
-        let source = Source::of(address);
+        let source = AddressKey::from(address);
         self.with(|table| {
             let Some(bucket) = table.buckets.get_mut(&source) else {
                 return Ok(());
@@ -165,7 +135,7 @@ impl FailedAuthLimiter {
     /// Counts a failed authentication from `address`, against its source.
     pub(crate) fn failed(&self, address: IpAddr) {
         let (budget, capacity) = (self.budget, self.capacity);
-        let source = Source::of(address);
+        let source = AddressKey::from(address);
         let now = Instant::now();
         self.with(|table| {
             if !table.buckets.contains_key(&source) && !table.make_room(budget, capacity, now) {
