@@ -23,6 +23,8 @@
 //!   runs the listeners until a graceful shutdown; `serving`: the gRPC listener's
 //!   connections, served by tonic's `Server`; `workers`: the threads that serve connections,
 //!   each connection on one; `shutdown`: when draining begins and when connections are cut;
+//!   `admission`: connections and TLS handshakes per client address, the oldest handshake
+//!   shed first;
 //! - `tunnel`: `TunnelService`, agent sessions (control streams) and the data streams that
 //!   accept dials; `control`: what a session's control messages mean, as plain functions
 //!   over its state;
