@@ -21,8 +21,9 @@ pub(crate) type BodyError = Box<dyn StdError + Send + Sync>;
 pub(crate) struct TimedBody {
     inner: Incoming,
     timeout: Duration,
-    /// Armed while the service waits for the client.
-    timer: Pin<Box<Sleep>>,
+    /// Armed while the service waits for the client; made the first time it does, so a
+    /// body that is never waited for (most have none) costs no timer.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Whether the client sent something since the timer was last set: the clock is read
     /// only when the body has to wait after progress.
     progressed: bool,
@@ -34,7 +35,7 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            timer: None,
             progressed: true,
         }
     }
@@ -53,10 +54,21 @@ impl Body for TimedBody {
             this.progressed = true;
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        if std::mem::take(&mut this.progressed) {
-            this.timer.as_mut().reset(Instant::now() + this.timeout);
-        }
-        match this.timer.as_mut().poll(cx) {
+        let deadline = || Instant::now() + this.timeout;
+        let timer = match &mut this.timer {
+            Some(timer) => {
+                if std::mem::take(&mut this.progressed) {
+                    timer.as_mut().reset(deadline());
+                }
+                timer
+            }
+            None => {
+                this.progressed = false;
+                this.timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline())))
+            }
+        };
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 let seconds = sesame_tunnel::format_duration(this.timeout);
                 Poll::Ready(Some(Err(format!(
