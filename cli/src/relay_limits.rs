@@ -48,9 +48,10 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections_per_address: usize,
 
-    /// The most connections one client address (an IPv6 /64) may have open to the public
-    /// HTTP listeners and TCP ports together.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    /// The most connections one client address (an IPv6 /64) may have through the public
+    /// HTTP listeners and TCP ports together: its own, and those the relay opens to remotes
+    /// for its requests.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_public_connections_per_address: usize,
 
     /// The most TLS handshakes one client address (an IPv6 /64) may have under way on a
@@ -63,7 +64,8 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub handshake_timeout: Duration,
 
-    /// How long a public TCP connection may carry nothing either way before it is closed.
+    /// How long a public TCP connection, or a switched protocol (WebSocket) of a virtual host,
+    /// may carry nothing either way before it is closed.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub public_tcp_idle_timeout: Duration,
 
@@ -72,7 +74,8 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub http_idle_timeout: Duration,
 
-    /// How long a public HTTP request body may send nothing before the request is abandoned.
+    /// How long a public HTTP request body may send nothing before the request is abandoned
+    /// (gRPC requests are not timed).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub http_body_timeout: Duration,
 }

@@ -100,8 +100,9 @@ impl Default for RelayConfig {
 pub struct PublicLimits {
     /// The most public connections one remote may carry at once.
     pub connections_per_remote: usize,
-    /// The most connections one client address (an IPv6 /64) may have open to the public
-    /// HTTP listeners and TCP ports together.
+    /// The most connections one client address (an IPv6 /64) may have through the public
+    /// HTTP listeners and TCP ports together: its own, and those the relay opens to remotes
+    /// for its HTTP requests.
     pub connections_per_address: usize,
     /// How long a public TCP connection may carry no bytes either way before it is closed.
     pub tcp_idle_timeout: Duration,
@@ -111,7 +112,7 @@ impl Default for PublicLimits {
     fn default() -> Self {
         PublicLimits {
             connections_per_remote: 1024,
-            connections_per_address: 128,
+            connections_per_address: 256,
             tcp_idle_timeout: Duration::from_secs(10 * 60),
         }
     }

@@ -81,13 +81,14 @@ impl Default for HttpFront {
         let gone = RemoteName::new("gone").expect("a valid name");
         endpoints.withdraw(&gone, &session, 80);
         let front = Front {
-            public_connections: crate::admission::PerAddress::new(usize::MAX),
-            handshakes_per_address: 1,
             config: config.http,
             transport: config.transport,
             endpoints,
             sessions: Arc::new(LocalSessions::new(registry, limits)),
             shutdown: Shutdown::default(),
+            public_connections: crate::admission::PerAddress::new(usize::MAX),
+            handshakes_per_address: 1,
+            upgrade_idle_timeout: config.public.tcp_idle_timeout,
         };
         HttpFront {
             front: Arc::new(front),
@@ -102,7 +103,7 @@ impl HttpFront {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        crate::http::serve_connection(self.front.clone(), io, CLIENT, None).await;
+        crate::http::serve_connection(self.front.clone(), io, CLIENT, None, None).await;
     }
 
     /// The remote a request's host names, as the proxy looks it up.

@@ -10,8 +10,7 @@ use sesame_proto::v1::{
 use sesame_tunnel::{Error, RemoteName};
 use tonic::{Request, Response, Status};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::auth::{Caller, Gate};
 use crate::registry::{Registry, RemoteRecord};
@@ -21,6 +20,11 @@ const DEFAULT_PAGE_SIZE: usize = 50;
 
 /// The largest page; larger requests get this many.
 const MAX_PAGE_SIZE: usize = 1000;
+
+/// The most remotes one `ListRemotes` call examines: a caller that may see few of many
+/// remotes gets a short page (perhaps empty) and a token to go on, rather than a scan of the
+/// whole registry per call.
+const MAX_EXAMINED: usize = 10 * MAX_PAGE_SIZE;
 
 /// Serves the list of remotes.
 pub(crate) struct Remotes {
@@ -57,38 +61,52 @@ pub(crate) fn to_proto(record: &RemoteRecord) -> Remote {
     }
 }
 
-/// Page tokens: the last name of the previous page (a name the caller was shown), with a
-/// MAC under a secret of this relay's process that binds it to the caller's token. A caller
-/// cannot start a page from a position it chose, nor use another caller's tokens; tokens
-/// lapse when the relay restarts.
+/// Page tokens: where the next page begins (the last name the previous page examined, which
+/// the caller may not be allowed to see), sealed with ChaCha20-Poly1305 under a key of this
+/// relay's process, with the caller's token as associated data. A token reveals nothing, a
+/// caller cannot make one that starts where it chose, nor use another caller's; tokens lapse
+/// when the relay restarts.
 pub(crate) struct PageTokens {
-    key: [u8; 32],
+    key: LessSafeKey,
 }
+
+/// The bytes of a nonce: random for each token, so that no two tokens share one.
+const NONCE_BYTES: usize = 12;
 
 impl PageTokens {
     /// Tokens under a fresh random key.
     pub(crate) fn new() -> Self {
         let mut key = [0; 32];
         getrandom::fill(&mut key).expect("the system's random number generator works");
-        PageTokens { key }
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte key");
+        PageTokens {
+            key: LessSafeKey::new(key),
+        }
     }
 
-    fn mac(&self, caller: &Caller, last: &RemoteName) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        // The token id is hex digits and the name has no NUL: the two cannot run together.
-        mac.update(caller.token().unwrap_or_default().as_bytes());
-        mac.update(b"\0");
-        mac.update(last.as_str().as_bytes());
-        mac
+    /// What binds a token to its caller.
+    fn caller_data(caller: &Caller) -> Aad<&[u8]> {
+        Aad::from(caller.token().unwrap_or_default().as_bytes())
     }
 
-    /// The token for the page after `last`, for `caller`.
-    pub(crate) fn issue(&self, caller: &Caller, last: &RemoteName) -> String {
-        let tag = self.mac(caller, last).finalize().into_bytes();
-        format!("{last}.{}", hex(&tag))
+    /// The token for the page that begins after `position`, for `caller`.
+    pub(crate) fn issue(&self, caller: &Caller, position: &RemoteName) -> String {
+        let mut nonce = [0; NONCE_BYTES];
+        getrandom::fill(&mut nonce).expect("the system's random number generator works");
+        let mut sealed = position.as_str().as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Self::caller_data(caller),
+                &mut sealed,
+            )
+            .expect("a name is far below the cipher's limit");
+        let mut token = nonce.to_vec();
+        token.extend_from_slice(&sealed);
+        hex(&token)
     }
 
-    /// The name after which the page `token` stands for begins, if `caller` was given it.
+    /// Where the page `token` stands for begins, if `caller` was given it.
     pub(crate) fn verify(&self, caller: &Caller, token: &str) -> Result<RemoteName, Status> {
         let invalid = || {
             Status::invalid_argument(
@@ -96,13 +114,19 @@ impl PageTokens {
                  unchanged (tokens lapse when the relay restarts)",
             )
         };
-        let (name, tag) = token.rsplit_once('.').ok_or_else(invalid)?;
-        let name = RemoteName::new(name).map_err(|_| invalid())?;
-        let tag = unhex(tag).ok_or_else(invalid)?;
-        self.mac(caller, &name)
-            .verify_slice(&tag)
+        let bytes = unhex(token).ok_or_else(invalid)?;
+        if bytes.len() < NONCE_BYTES {
+            return Err(invalid());
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| invalid())?;
+        let mut sealed = sealed.to_vec();
+        let opened = self
+            .key
+            .open_in_place(nonce, Self::caller_data(caller), &mut sealed)
             .map_err(|_| invalid())?;
-        Ok(name)
+        let name = std::str::from_utf8(opened).map_err(|_| invalid())?;
+        RemoteName::new(name).map_err(|_| invalid())
     }
 }
 
@@ -157,16 +181,30 @@ impl RemoteService for Remotes {
             "" => None,
             token => Some(self.pages.verify(&caller, token)?),
         };
-        // The page holds only what the caller may see, so the token that ends it names a
-        // remote the caller was shown. One more than the page tells whether another follows.
-        // Each round reads further on in the registry, so this ends with it.
+        // The page holds only what the caller may see. One more than the page tells whether
+        // another follows. Each round reads further on in the registry, and the rounds stop
+        // once MAX_EXAMINED remotes have been read: the next page then begins where this one
+        // stopped, which the sealed token does not reveal.
         let mut page = Vec::new();
+        let mut examined = 0;
+        let mut more = false;
         while page.len() <= page_size {
-            let batch = self.registry.list(after.as_ref(), page_size + 1).await?;
-            let exhausted = batch.len() <= page_size;
-            after = batch.last().map(|record| record.name.clone());
-            let visible = batch.into_iter().filter(|r| caller.may_see(&r.name));
-            page.extend(visible.take(page_size + 1 - page.len()));
+            if examined >= MAX_EXAMINED {
+                more = true;
+                break;
+            }
+            let batch = self.registry.list(after.as_ref(), MAX_PAGE_SIZE).await?;
+            examined += batch.len();
+            let exhausted = batch.len() < MAX_PAGE_SIZE;
+            for record in batch {
+                if page.len() > page_size {
+                    break;
+                }
+                after = Some(record.name.clone());
+                if caller.may_see(&record.name) {
+                    page.push(record);
+                }
+            }
             if exhausted {
                 break;
             }
@@ -175,6 +213,8 @@ impl RemoteService for Remotes {
             page.truncate(page_size);
             let last = &page.last().expect("a page of at least one").name;
             self.pages.issue(&caller, last)
+        } else if more && let Some(position) = &after {
+            self.pages.issue(&caller, position)
         } else {
             String::new()
         };
@@ -195,24 +235,94 @@ mod tests {
         Caller::new(token.to_owned(), Arc::from([]), CancellationToken::new())
     }
 
+    /// Authenticates every call as a caller with these scopes.
+    struct Scoped(&'static [&'static str]);
+
+    impl crate::auth::Authorize for Scoped {
+        fn authenticate(&self, _metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+            let scopes = self.0.iter().map(|s| s.parse().unwrap()).collect();
+            Ok(Caller::new(
+                "0000ada0".into(),
+                scopes,
+                CancellationToken::new(),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_examines_a_bounded_number_of_remotes_and_tells_where_to_go_on() {
+        let registry = Arc::new(crate::MemoryRegistry::default());
+        let names = (0..MAX_EXAMINED + 5)
+            .map(|n| format!("hidden-{n:05}"))
+            .chain(["shown-1".to_owned(), "shown-2".to_owned()]);
+        for name in names {
+            let record = RemoteRecord {
+                name: RemoteName::new(name).unwrap(),
+                session: sesame_tunnel::SessionId::generate(),
+                ports: Default::default(),
+                connect_time: std::time::SystemTime::UNIX_EPOCH,
+                agent_version: String::new(),
+                agent_key: None,
+                owner: None,
+            };
+            registry.claim(record).await.unwrap();
+        }
+        let budget = crate::config::RelayConfig::default().failed_auth;
+        let remotes = Remotes {
+            gate: Arc::new(Gate::new(Arc::new(Scoped(&["connect:shown-*"])), budget)),
+            registry,
+            pages: PageTokens::new(),
+        };
+        let mut shown = Vec::new();
+        let mut page_token = String::new();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            assert!(calls <= 10, "the listing never ends");
+            let request = ListRemotesRequest {
+                page_size: 1,
+                page_token,
+            };
+            let page = remotes
+                .list_remotes(Request::new(request))
+                .await
+                .unwrap()
+                .into_inner();
+            shown.extend(page.remotes.into_iter().map(|r| r.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(shown, ["remotes/shown-1", "remotes/shown-2"]);
+        // The first call stopped among the hidden names with an empty page; then a page each.
+        assert_eq!(calls, 3);
+    }
+
     #[test]
-    fn page_tokens_hold_only_for_their_caller_and_relay() {
+    fn page_tokens_hold_only_for_their_caller_and_relay_and_reveal_nothing() {
         let pages = PageTokens::new();
         let (ada, bob) = (caller("0000ada0"), caller("00000b0b"));
         let name = RemoteName::new("device-42").unwrap();
         let token = pages.issue(&ada, &name);
         assert_eq!(pages.verify(&ada, &token).unwrap(), name);
+        assert!(!token.contains("device"), "{token}");
+        assert_ne!(token, pages.issue(&ada, &name), "a fresh nonce each time");
         assert!(pages.verify(&bob, &token).is_err(), "another caller's");
         assert!(pages.verify(&Caller::anyone(), &token).is_err());
         assert!(
             PageTokens::new().verify(&ada, &token).is_err(),
             "another relay's, or before a restart"
         );
-        // A position the caller chose, with any tag.
-        let (_, tag) = token.rsplit_once('.').unwrap();
-        let chosen = format!("device-41.{tag}");
-        assert!(pages.verify(&ada, &chosen).is_err());
-        for garbage in ["", "x", "device-42", "device-42.zz", "device-42.", ".00"] {
+        // Any change to a token spoils it.
+        let mut bytes = unhex(&token).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(pages.verify(&ada, &hex(&bytes)).is_err());
+        bytes[last] ^= 1;
+        bytes[NONCE_BYTES] ^= 1;
+        assert!(pages.verify(&ada, &hex(&bytes)).is_err());
+        for garbage in ["", "x", "device-42", "00", &"00".repeat(40)] {
             let status = pages.verify(&ada, garbage).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{garbage}");
         }

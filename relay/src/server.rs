@@ -211,6 +211,7 @@ impl RelayBuilder {
             shutdown: shutdown.clone(),
             public_connections,
             handshakes_per_address: config.max_handshakes_per_address,
+            upgrade_idle_timeout: config.public.tcp_idle_timeout,
         });
         let workers = Workers::start(config.worker_threads).unwrap_or_else(|error| {
             warn!(%error, "no worker threads: serving every connection on the relay's runtime");

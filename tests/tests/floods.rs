@@ -26,6 +26,10 @@ const MIB: usize = 1 << 20;
 /// More silent connections than the relay lets handshake at once.
 const FLOOD: usize = 1100;
 
+/// A handshake timeout longer than any test runs: a connection closed during the test was
+/// shed, not timed out.
+const PATIENT: Duration = Duration::from_secs(3600);
+
 /// Opens `count` connections to `addr` and sends nothing on them.
 async fn silent_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     let mut flood = Vec::with_capacity(count);
@@ -61,7 +65,10 @@ async fn carried(stream: &mut TcpStream) -> bool {
 #[tokio::test]
 async fn a_handshake_flood_from_one_address_locks_no_agent_out() {
     within(async {
-        let relay = SecureRelay::start().await;
+        // Handshakes that never time out within the test: only shedding closes one.
+        let mut config = RelayConfig::default();
+        config.handshake_timeout = PATIENT;
+        let relay = SecureRelay::start_with(config).await;
         let mut legit = LegitTransfer::start(&relay).await;
         let mut flood = silent_connections(relay.addr, FLOOD).await;
         // A new agent, from the flood's own address, still gets in: its handshake sheds the
@@ -112,7 +119,9 @@ async fn an_address_keeps_a_limited_number_of_connections_to_the_relay() {
 #[tokio::test]
 async fn an_https_handshake_flood_locks_no_client_out() {
     within(async {
-        let relay = PublicRelay::start(RelayConfig::default(), 1).await;
+        let mut config = RelayConfig::default();
+        config.http.head_timeout = PATIENT;
+        let relay = PublicRelay::start(config, 1).await;
         let backend = HttpBackend::start().await;
         let session = Session::builder(name("pi"))
             .relay(relay.url.clone())
@@ -192,17 +201,18 @@ async fn anonymous_clients_crowd_out_neither_token_holders_nor_other_addresses()
         assert_eq!(sesame_tests::hash_to_end(reader).await.unwrap(), expected);
         sending.await.unwrap().unwrap();
 
-        // Once one crowd leaves, a third address's client gets through, byte for byte.
+        // Once the second crowd leaves, a client of its address gets through again, byte for
+        // byte: its refused attempts kept none of the address's slots.
         drop(second);
         let mut third = None;
         for _ in 0..2_000 {
-            let mut stream = connect_from("127.0.0.2", public).await;
+            let mut stream = connect_from("127.0.0.3", public).await;
             if carried(&mut stream).await {
                 third = Some(stream);
                 break;
             }
         }
-        let third = third.expect("the third address never got a connection");
+        let third = third.expect("the address never got a connection again");
         let data = random_bytes(MIB);
         let expected = (data.len() as u64, sha256(&data));
         let (reader, writer) = third.into_split();
@@ -211,6 +221,100 @@ async fn anonymous_clients_crowd_out_neither_token_holders_nor_other_addresses()
         assert_eq!(sesame_tests::hash_to_end(reader).await.unwrap(), expected);
         sending.await.unwrap().unwrap();
         drop(first);
+    })
+    .await;
+}
+
+/// Reads the rest of an answer's head.
+async fn skip_head(stream: &mut TcpStream) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+        assert!(head.len() < 64 << 10, "no end of head");
+    }
+}
+
+#[tokio::test]
+async fn many_requests_and_upgrades_take_no_more_than_the_address_may() {
+    within(async {
+        let mut config = RelayConfig::default();
+        config.public.connections_per_address = 8;
+        // A connection let in stays open for the test: one closed at once was refused.
+        config.http.head_timeout = PATIENT;
+        let relay = PublicRelay::start(config, 1).await;
+        let backend = HttpBackend::start().await;
+        let session = Session::builder(name("pi"))
+            .relay(relay.url.clone())
+            .connect()
+            .await
+            .unwrap();
+        let target = Target::new("127.0.0.1", backend.addr().port());
+        let publish = Publish::none().http(HttpPublish::new(HttpProtocol::Http1));
+        let _forward = session.forward_with(80, target, publish).await.unwrap();
+
+        // Twenty downloads at once on one HTTP/2 connection: each needs a connection to the
+        // service, and the address has eight slots, one of them the client's own.
+        let io = TokioIo::new(TcpStream::connect(relay.http).await.unwrap());
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let mut statuses = Vec::new();
+        let mut responses = Vec::new();
+        let requests = (0..20).map(|seed| {
+            let mut sender = sender.clone();
+            let url = format!("http://pi.{DOMAIN}/download?bytes=1073741824&seed={seed}");
+            let request = http::Request::get(url).body(Empty::<Bytes>::new()).unwrap();
+            async move { sender.send_request(request).await.unwrap() }
+        });
+        // The bodies are not read: each download holds its connection to the service.
+        for response in futures_util::future::join_all(requests).await {
+            statuses.push(response.status().as_u16());
+            responses.push(response);
+        }
+        statuses.sort_unstable();
+        let served = statuses.iter().filter(|&&s| s == 200).count();
+        let refused = statuses.iter().filter(|&&s| s == 503).count();
+        assert_eq!((served, refused), (7, 13), "{statuses:?}");
+        drop(responses);
+
+        // A protocol switch holds its client's slot after hyper lets go of the connection.
+        // (Until the relay has seen the HTTP/2 connection go, its slots are still taken.)
+        drop(sender);
+        connection.abort();
+        let upgrade = format!(
+            "GET /upgrade-echo HTTP/1.1\r\nHost: pi.{DOMAIN}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        );
+        let mut switched = Vec::new();
+        for _ in 0..2_000 {
+            if switched.len() == 4 {
+                break;
+            }
+            let Ok(mut stream) = TcpStream::connect(relay.http).await else {
+                continue;
+            };
+            if stream.write_all(upgrade.as_bytes()).await.is_err() {
+                continue;
+            }
+            let mut head = [0; 12];
+            if stream.read_exact(&mut head).await.is_ok() && head == *b"HTTP/1.1 101" {
+                skip_head(&mut stream).await;
+                assert!(carried(&mut stream).await);
+                switched.push(stream);
+            }
+        }
+        assert_eq!(switched.len(), 4, "four switches, two slots each");
+        let mut refused = TcpStream::connect(relay.http).await.unwrap();
+        assert!(closed_by_relay(&mut refused).await, "a ninth slot was given");
+
+        // Another address is served meanwhile, byte for byte.
+        let resolve = relay.resolve("pi");
+        let url = format!("{}/download?bytes=1048576&seed=7", relay.http_url("pi"));
+        let mut args: Vec<&str> = resolve.iter().map(String::as_str).collect();
+        args.extend(["--interface", "127.0.0.2", &url]);
+        let (body, head) = curl(&args).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(sha256(&body), sesame_tests::expected_download(1 << 20, 7));
     })
     .await;
 }

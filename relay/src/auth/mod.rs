@@ -156,8 +156,15 @@ pub trait Authorize: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether a remote of `caller` may publish on `claim.port`, as
+    /// [`claim_port`](Self::claim_port) would decide, without holding it.
+    fn check_port(&self, caller: &Caller, claim: &PortClaim<'_>) -> Result<(), Status> {
+        let _ = (caller, claim);
+        Ok(())
+    }
+
     /// Lets a remote of `caller` publish on `claim.port`, holding the port for the caller's
-    /// token; `ALREADY_EXISTS` when it is held for another token (or, asked for as any free
+    /// token (and no longer the port the same remote port was held on before, if another); `ALREADY_EXISTS` when it is held for another token (or, asked for as any free
     /// port, for another remote port of the same token), `RESOURCE_EXHAUSTED` when the token
     /// holds as many ports as it may.
     fn claim_port(&self, caller: &Caller, claim: &PortClaim<'_>) -> Result<(), Status> {

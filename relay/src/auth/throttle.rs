@@ -51,13 +51,14 @@ impl Bucket {
 impl Table {
     /// Makes room for one more source if the table is full; says whether there is room.
     ///
-    /// Sources back to a full allowance go first: forgetting them changes nothing. Then the
-    /// one closest to a full allowance, if it is not locked out: it gains at most the few
-    /// failures it had not yet earned back. A source that is locked out is never forgotten
-    /// to make room, and neither is everyone at once: an attacker who fills the table with
-    /// sources of its own must not thereby let itself, or anyone, in again. The price, while
-    /// the table is full of locked-out sources, is that a new source's failures go uncounted
-    /// until one of them is let in again.
+    /// When the table fills, every source that is not locked out is forgotten at once: each
+    /// gains at most the few failures it had not yet earned back, and the next scan of the
+    /// whole table waits until it has filled again, so filling it costs the relay one scan
+    /// per table's worth of new sources, not one per source. A source that is locked out is
+    /// never forgotten to make room: an attacker who fills the table with sources of its own
+    /// must not thereby let itself, or anyone, in again. The price, while the table is full of
+    /// locked-out sources, is that a new source's failures go uncounted until one of them is
+    /// let in again.
     fn make_room(&mut self, budget: FailureBudget, capacity: usize, now: Instant) -> bool {
         if self.buckets.len() < capacity {
             return true;
@@ -65,32 +66,24 @@ impl Table {
         if self.full_until.is_some_and(|until| now < until) {
             return false;
         }
-        let full = f64::from(budget.burst);
         self.buckets.retain(|_, bucket| {
             bucket.refill(budget, now);
-            bucket.allowance < full
+            bucket.allowance < 1.0
         });
         self.full_until = None;
         if self.buckets.len() < capacity {
             return true;
         }
+        // Every source is locked out: none is let in before the closest has waited.
         let closest = self
             .buckets
-            .iter()
-            .map(|(source, bucket)| (*source, bucket.allowance))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        match closest {
-            Some((source, allowance)) if allowance >= 1.0 => {
-                self.buckets.remove(&source);
-                true
-            }
-            Some((_, allowance)) => {
-                self.full_until = Some(now + budget.refill.mul_f64(1.0 - allowance));
-                false
-            }
-            // Nothing to forget: a table with no room at all.
-            None => false,
+            .values()
+            .map(|bucket| bucket.allowance)
+            .max_by(f64::total_cmp);
+        if let Some(allowance) = closest {
+            self.full_until = Some(now + budget.refill.mul_f64(1.0 - allowance));
         }
+        false
     }
 }
 

@@ -183,16 +183,15 @@ impl TcpPorts {
                 }
                 // Whom the port is held for first: that answer does not depend on whether
                 // the listener of a remote that just went has closed yet.
-                self.auth.claim_port(caller, &claim(port, true))?;
+                let claim = claim(port, true);
+                self.auth.check_port(caller, &claim)?;
                 let listener = self.bind(port).map_err(|error| {
-                    if let Some(token) = caller.token() {
-                        self.auth.release_port(token, port);
-                    }
                     Status::already_exists(format!(
                         "TCP port {port} cannot be opened on the relay: {}",
                         io_reason(&error)
                     ))
                 })?;
+                self.auth.claim_port(caller, &claim)?;
                 (port, listener)
             }
             None => self.bind_any(&table, caller, name, remote_port, claim)?,
@@ -264,18 +263,25 @@ impl TcpPorts {
             .ports
             .clone()
             .filter(|port| table.last_holder.contains_key(port));
+        // A port held for another remote is skipped; a token that holds as many ports as it
+        // may gets none. Checked before bound, so that a held port costs no system call.
+        let skip = |status: Status| match status.code() {
+            tonic::Code::ResourceExhausted => Err(status),
+            _ => Ok(()),
+        };
         for port in previous.chain(fresh).chain(reused).filter(free) {
+            let claim = claim(port, false);
+            if let Err(status) = self.auth.check_port(caller, &claim) {
+                skip(status)?;
+                continue;
+            }
+            // Another process of the machine may listen there.
             let Ok(listener) = self.bind(port) else {
                 continue;
             };
-            match self.auth.claim_port(caller, &claim(port, false)) {
+            match self.auth.claim_port(caller, &claim) {
                 Ok(()) => return Ok((port, listener)),
-                // The token holds all the ports it may: no other port will do.
-                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                    return Err(status);
-                }
-                // Held for another remote: try the next.
-                Err(_) => {}
+                Err(status) => skip(status)?,
             }
         }
         Err(Status::resource_exhausted(format!(

@@ -8,6 +8,7 @@
 //! connection's requests at once.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
@@ -21,6 +22,7 @@ use tracing::debug;
 
 use super::Front;
 use super::timeouts::TimedBody;
+use crate::admission::Admitted;
 use crate::lock;
 use crate::sessions::dial_local;
 
@@ -41,14 +43,15 @@ type Key = (RemoteName, u16);
 /// A client connection's backend connections.
 pub(crate) struct Backends {
     front: Arc<Front>,
-    /// Who dials, for the agent's logs.
-    client: String,
+    /// Who dials: for the agent's logs, and the address whose public connections count the
+    /// backend connections made for it.
+    client: SocketAddr,
     h1: Mutex<HashMap<Key, Vec<http1::SendRequest<TimedBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<TimedBody>>>,
 }
 
 impl Backends {
-    pub(crate) fn new(front: Arc<Front>, client: String) -> Self {
+    pub(crate) fn new(front: Arc<Front>, client: SocketAddr) -> Self {
         Backends {
             front,
             client,
@@ -174,14 +177,27 @@ impl Backends {
             .map_err(BackendError::Http)
     }
 
+    /// A new connection to `port` of `name`, counted among the client address's public
+    /// connections for as long as it lives: a client connection that sends many requests at
+    /// once must not take more of a remote than its address may.
     async fn dial(
         &self,
         (name, port): &Key,
-    ) -> Result<TokioIo<sesame_tunnel::Connection>, BackendError> {
+    ) -> Result<TokioIo<Admitted<sesame_tunnel::Connection>>, BackendError> {
+        let slot = self
+            .front
+            .public_connections
+            .take(self.client.ip())
+            .ok_or_else(|| {
+                BackendError::Dial(Status::resource_exhausted(
+                    "this client address has as many connections through the relay as it may",
+                ))
+            })?;
         let (sessions, transport) = (&*self.front.sessions, &self.front.transport);
-        let conn = dial_local(sessions, transport, name, *port, self.client.clone())
+        let peer = self.client.to_string();
+        let conn = dial_local(sessions, transport, name, *port, peer)
             .await
             .map_err(BackendError::Dial)?;
-        Ok(TokioIo::new(conn))
+        Ok(TokioIo::new(Admitted::new(conn, Some(slot))))
     }
 }

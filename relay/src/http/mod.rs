@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::admission::{Handshake, Handshakes, PerAddress};
+use crate::admission::{AddressSlot, Handshake, Handshakes, PerAddress};
 use crate::config::HttpConfig;
 use crate::endpoints::Endpoints;
 use crate::serving::MAX_HANDSHAKES;
@@ -64,6 +64,8 @@ pub(crate) struct Front {
     pub(crate) public_connections: Arc<PerAddress>,
     /// The most TLS handshakes one address may have under way on an HTTPS listener.
     pub(crate) handshakes_per_address: usize,
+    /// How long a switched protocol (WebSocket) may carry nothing before it is closed.
+    pub(crate) upgrade_idle_timeout: std::time::Duration,
 }
 
 /// A public HTTP listener, with TLS for HTTPS.
@@ -102,12 +104,7 @@ pub(crate) async fn serve(front: Arc<Front>, public: PublicListener, workers: Ar
                     .map(|tls| (tls, handshakes.admit(client.ip())));
                 let front = front.clone();
                 workers.hand_over(tcp, move |tcp, _| {
-                    let serving = serve_connection(front, tcp, client, tls);
-                    async move {
-                        serving.await;
-                        drop(slot);
-                    }
-                    .instrument(span)
+                    serve_connection(front, tcp, client, tls, Some(slot)).instrument(span)
                 });
             }
             // Out of file descriptors and the like: the next accept may succeed.
@@ -125,11 +122,14 @@ enum Version {
 
 /// Serves one client connection (a TCP stream, or an in-memory one when fuzzing): TLS first
 /// for HTTPS (given up if the handshake is shed for a newer one), then HTTP/1.1 or HTTP/2.
+/// The client address's `slot` is held until the connection, and every protocol switch it
+/// made, have ended.
 pub(crate) async fn serve_connection<IO>(
     front: Arc<Front>,
     tcp: IO,
     client: SocketAddr,
     tls: Option<(TlsAcceptor, Handshake)>,
+    slot: Option<AddressSlot>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -160,7 +160,7 @@ pub(crate) async fn serve_connection<IO>(
                 Some(b"h2") => Version::Http2,
                 _ => Version::Http1,
             };
-            serve_http(front, stream, client, "https", version).await;
+            serve_http(front, stream, client, "https", version, slot).await;
         }
         None => {
             let mut tcp = tcp;
@@ -171,7 +171,7 @@ pub(crate) async fn serve_connection<IO>(
             match read {
                 Ok((version, prefix)) => {
                     let stream = Rewind::new(prefix, tcp);
-                    serve_http(front, stream, client, "http", version).await;
+                    serve_http(front, stream, client, "http", version, slot).await;
                 }
                 Err(error) => debug!(error = %io_reason(&error), "reading the request failed"),
             }
@@ -203,11 +203,13 @@ async fn serve_http<IO>(
     client: SocketAddr,
     scheme: &'static str,
     version: Version,
+    slot: Option<AddressSlot>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let backends = Backends::new(front.clone(), client.to_string());
-    let proxy = Arc::new(Proxy::new(front.clone(), backends, client, scheme));
+    let backends = Backends::new(front.clone(), client);
+    let slot = slot.map(Arc::new);
+    let proxy = Arc::new(Proxy::new(front.clone(), backends, client, scheme, slot));
     // HTTP/2 connections are closed once idle; HTTP/1.1 ones by hyper's head timeout.
     let activity = (version == Version::Http2).then(Activity::new);
     let tracked = activity.clone();

@@ -20,7 +20,8 @@ use super::Front;
 use super::backend::{BackendError, Backends};
 use super::headers::{add_forwarding, is_upgrade, remove_hop_by_hop};
 use super::pages::page;
-use super::timeouts::TimedBody;
+use super::timeouts::{TimedBody, copy_until_idle};
+use crate::admission::AddressSlot;
 use crate::endpoints::HostLookup;
 
 /// Passes a client connection's requests on to the remotes they name.
@@ -29,6 +30,9 @@ pub(crate) struct Proxy {
     backends: Backends,
     client: SocketAddr,
     scheme: &'static str,
+    /// The client address's slot, held by the connection and by the protocol switches it
+    /// makes, which outlive it.
+    slot: Option<Arc<AddressSlot>>,
 }
 
 impl Proxy {
@@ -37,24 +41,28 @@ impl Proxy {
         backends: Backends,
         client: SocketAddr,
         scheme: &'static str,
+        slot: Option<Arc<AddressSlot>>,
     ) -> Self {
         Proxy {
             front,
             backends,
             client,
             scheme,
+            slot,
         }
     }
 
     /// Answers one request: the service's response, or a page saying why there is none.
     pub(crate) async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        let body_timeout = self.front.config.body_timeout;
-        let mut request = request.map(|body| TimedBody::new(body, body_timeout));
         let grpc = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("application/grpc"));
+        // A gRPC stream may rightly be quiet for long (a subscription); the connection's
+        // pings tell a dead client from a quiet one.
+        let body_timeout = (!grpc).then_some(self.front.config.body_timeout);
+        let mut request = request.map(|body| TimedBody::new(body, body_timeout));
         let Some(host) = host_of(&request) else {
             return page(StatusCode::BAD_REQUEST, "the request names no host", grpc);
         };
@@ -109,6 +117,7 @@ impl Proxy {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(join_upgrades(
                 self.front.clone(),
+                self.slot.clone(),
                 client_upgrade,
                 backend_upgrade,
             ));
@@ -193,7 +202,8 @@ impl Proxy {
                     Code::ResourceExhausted => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!(
-                            "remote {quoted} is at the relay's limit of connections: try again later"
+                            "remote {quoted} takes no more connections from here for now: try \
+                             again later"
                         ),
                     ),
                     _ => (
@@ -229,9 +239,11 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// Carries the bytes of a switched protocol between the client and the service, once both
-/// sides have switched.
+/// sides have switched, until both close, the relay's cut, or the connection has carried
+/// nothing for the idle timeout. The client's address keeps the connection's slot until then.
 async fn join_upgrades(
     front: Arc<Front>,
+    _slot: Option<Arc<AddressSlot>>,
     client: hyper::upgrade::OnUpgrade,
     service: hyper::upgrade::OnUpgrade,
 ) {
@@ -244,7 +256,7 @@ async fn join_upgrades(
     };
     let (mut client, mut service) = (TokioIo::new(client), TokioIo::new(service));
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut service) => {
+        result = copy_until_idle(&mut client, &mut service, front.upgrade_idle_timeout) => {
             if let Err(error) = result {
                 debug!(%error, "a switched connection failed");
             }

@@ -1,15 +1,19 @@
-//! What a public client may not hold for long: a request body that sends nothing, and an
-//! HTTP/2 connection with no request under way. (An HTTP/1.1 connection waiting for its next
-//! request is hyper's head timeout's to close.)
+//! What a public client may not hold for long: a request body that sends nothing, an HTTP/2
+//! connection with no request under way, and a switched protocol (WebSocket) that carries
+//! nothing. (An HTTP/1.1 connection waiting for its next request is hyper's head timeout's
+//! to close.)
 
 use std::error::Error as StdError;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -20,7 +24,8 @@ pub(crate) type BodyError = Box<dyn StdError + Send + Sync>;
 /// while the service waited for more. A service that does not read holds no timer.
 pub(crate) struct TimedBody {
     inner: Incoming,
-    timeout: Duration,
+    /// `None`: the body is not timed.
+    timeout: Option<Duration>,
     /// Armed while the service waits for the client; made the first time it does, so a
     /// body that is never waited for (most have none) costs no timer.
     timer: Option<Pin<Box<Sleep>>>,
@@ -30,8 +35,8 @@ pub(crate) struct TimedBody {
 }
 
 impl TimedBody {
-    /// `inner`, failing after `timeout` without progress.
-    pub(crate) fn new(inner: Incoming, timeout: Duration) -> Self {
+    /// `inner`, failing after `timeout` without progress (never, without one).
+    pub(crate) fn new(inner: Incoming, timeout: Option<Duration>) -> Self {
         TimedBody {
             inner,
             timeout,
@@ -54,7 +59,10 @@ impl Body for TimedBody {
             this.progressed = true;
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let deadline = || Instant::now() + this.timeout;
+        let Some(timeout) = this.timeout else {
+            return Poll::Pending;
+        };
+        let deadline = || Instant::now() + timeout;
         let timer = match &mut this.timer {
             Some(timer) => {
                 if std::mem::take(&mut this.progressed) {
@@ -70,7 +78,7 @@ impl Body for TimedBody {
         };
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                let seconds = sesame_tunnel::format_duration(this.timeout);
+                let seconds = sesame_tunnel::format_duration(timeout);
                 Poll::Ready(Some(Err(format!(
                     "the client sent nothing of its request body for {seconds}"
                 )
@@ -139,9 +147,112 @@ impl Activity {
     }
 }
 
+/// Carries bytes both ways between `client` and `service` until both have closed, or until
+/// neither way has carried a byte for between one and two `idle` periods (progress is checked
+/// once per period, so the copy itself reads no clock).
+pub(crate) async fn copy_until_idle<C, S>(
+    client: &mut C,
+    service: &mut S,
+    idle: Duration,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let carried = Arc::new(AtomicU64::new(0));
+    let mut counted = Counted {
+        io: client,
+        carried: carried.clone(),
+    };
+    let copying = tokio::io::copy_bidirectional(&mut counted, service);
+    tokio::pin!(copying);
+    let mut seen = 0;
+    // Each turn waits a whole period, or ends.
+    loop {
+        tokio::select! {
+            copied = &mut copying => return copied.map(drop),
+            () = tokio::time::sleep(idle) => {
+                let now = carried.load(Ordering::Relaxed);
+                if now == seen {
+                    let idle = sesame_tunnel::format_duration(idle);
+                    let message = format!("carried nothing for {idle}");
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, message));
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// An IO that counts the bytes it carries either way.
+struct Counted<'a, IO> {
+    io: &'a mut IO,
+    carried: Arc<AtomicU64>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<'_, IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut *this.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        this.carried.fetch_add(n, Ordering::Relaxed);
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<'_, IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut *this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.carried.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_switched_connection_ends_once_it_carries_nothing() {
+        let (mut client, mut relay_side) = tokio::io::duplex(64);
+        let (mut service, mut service_side) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(600);
+        let copying =
+            tokio::spawn(
+                async move { copy_until_idle(&mut relay_side, &mut service_side, idle).await },
+            );
+        // Traffic every half period keeps it open for many periods.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut byte = [0];
+        for _ in 0..10 {
+            tokio::time::sleep(idle / 2).await;
+            client.write_all(b"x").await.unwrap();
+            service.read_exact(&mut byte).await.unwrap();
+        }
+        assert!(!copying.is_finished());
+        let error = copying.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_with_nothing_under_way_for_the_whole_timeout() {

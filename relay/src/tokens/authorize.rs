@@ -75,33 +75,27 @@ impl Authorize for TokenStore {
         }
     }
 
+    fn check_port(&self, caller: &Caller, claim: &PortClaim<'_>) -> Result<(), Status> {
+        let Some(id) = caller.token() else {
+            return Ok(());
+        };
+        let outcome = lock(&self.state).check_port(claim, id, SystemTime::now());
+        port_outcome(outcome, claim)
+    }
+
     fn claim_port(&self, caller: &Caller, claim: &PortClaim<'_>) -> Result<(), Status> {
         let Some(id) = caller.token() else {
             return Ok(());
         };
         let mut state = lock(&self.state);
         let generation = state.generation();
-        let port = claim.port;
-        let hold = sesame_tunnel::format_duration(claim.hold);
-        match state.claim_port(claim, id, SystemTime::now()) {
-            PortClaimed::Held => {
-                let changed = state.generation() != generation;
-                drop(state);
-                if changed {
-                    self.flush_soon();
-                }
-                Ok(())
-            }
-            PortClaimed::Taken => Err(Status::already_exists(format!(
-                "TCP port {port} is held for another remote: a port stays with the token whose \
-                 remote had it, for {hold} after that remote went away; ask for another port, \
-                 or for none to get any free one"
-            ))),
-            PortClaimed::TooMany(holds) => Err(Status::resource_exhausted(format!(
-                "this token already holds {holds} public TCP ports, the relay's limit per token \
-                 (a port stays held for {hold} after its remote went away)"
-            ))),
+        let outcome = state.claim_port(claim, id, SystemTime::now());
+        let changed = state.generation() != generation;
+        drop(state);
+        if changed {
+            self.flush_soon();
         }
+        port_outcome(outcome, claim)
     }
 
     fn release_port(&self, token: &str, port: u16) {
@@ -114,6 +108,24 @@ impl Authorize for TokenStore {
     fn held_port(&self, caller: &Caller, name: &RemoteName, remote_port: u16) -> Option<u16> {
         let id = caller.token()?;
         lock(&self.state).held_port(id, name.as_str(), remote_port)
+    }
+}
+
+/// What a port claim's outcome means to the remote that asked.
+fn port_outcome(outcome: PortClaimed, claim: &PortClaim<'_>) -> Result<(), Status> {
+    let port = claim.port;
+    let hold = sesame_tunnel::format_duration(claim.hold);
+    match outcome {
+        PortClaimed::Held => Ok(()),
+        PortClaimed::Taken => Err(Status::already_exists(format!(
+            "TCP port {port} is held for another remote: a port stays with the token whose \
+             remote had it, for {hold} after that remote went away; ask for another port, or \
+             for none to get any free one"
+        ))),
+        PortClaimed::TooMany(holds) => Err(Status::resource_exhausted(format!(
+            "this token already holds {holds} public TCP ports, the relay's limit per token \
+             (a port stays held for {hold} after its remote went away)"
+        ))),
     }
 }
 

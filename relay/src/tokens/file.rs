@@ -7,8 +7,15 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The format's version; a file of another version is refused, not guessed at.
-pub(crate) const VERSION: u32 = 1;
+/// The format's version; a file of a later version is refused, not guessed at. Version 2
+/// added held ports: a file that holds none is written as version 1, which relays from before
+/// read too.
+pub(crate) const VERSION: u32 = 2;
+
+/// The version of a file that holds `ports` or not.
+pub(crate) fn version_for(holds_ports: bool) -> u32 {
+    if holds_ports { VERSION } else { 1 }
+}
 
 /// The whole file.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,9 +68,9 @@ pub(crate) struct TokenEntry {
 /// Parses the file's text.
 pub(crate) fn parse(text: &[u8]) -> Result<StoreFile, String> {
     let file: StoreFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
-    if file.version != VERSION {
+    if !(1..=VERSION).contains(&file.version) {
         return Err(format!(
-            "it has format version {}, and this relay reads version {VERSION}",
+            "it has format version {}, and this relay reads versions 1 to {VERSION}",
             file.version
         ));
     }
@@ -117,10 +124,16 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(
-            parse(b"{\"version\":2,\"tokens\":[],\"names\":{}}")
+            parse(b"{\"version\":3,\"tokens\":[],\"names\":{}}")
                 .unwrap_err()
-                .contains("version 2")
+                .contains("version 3")
         );
+        assert_eq!(
+            version_for(false),
+            1,
+            "readable by relays from before ports"
+        );
+        assert_eq!(version_for(true), VERSION);
         assert!(parse(b"not json").is_err());
         let older = parse(b"{\"version\":1,\"tokens\":[],\"names\":{}}").unwrap();
         assert!(older.ports.is_empty(), "files without ports still read");

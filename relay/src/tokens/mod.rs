@@ -526,16 +526,31 @@ mod tests {
         reopened
             .claim_port(&thief, &claim(20022, &evil, true, Duration::ZERO))
             .unwrap();
-        // A token holds a limited number of ports, held ones included.
+        // A remote port that moves to another port holds only the new one.
         store
             .claim_port(&owner, &claim(20023, &pi, true, day))
             .unwrap();
-        let third = store.claim_port(&owner, &claim(20024, &pi, true, day));
+        assert_eq!(store.held_port(&owner, &pi, 22), Some(20023));
+        // A token holds a limited number of ports, held ones included.
+        let other_port = |port, remote_port| PortClaim {
+            remote_port,
+            ..claim(port, &pi, true, day)
+        };
+        store.claim_port(&owner, &other_port(20024, 80)).unwrap();
+        store.release_port(owner.token().unwrap(), 20024);
+        let third = store.claim_port(&owner, &other_port(20025, 443));
         assert_eq!(third.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        // Moving one of them is no new port.
+        store.claim_port(&owner, &other_port(20026, 80)).unwrap();
         // Revoking the token frees its ports at once.
+        assert!(
+            store
+                .claim_port(&thief, &claim(20023, &evil, true, day))
+                .is_err()
+        );
         store.revoke(owner.token().unwrap()).unwrap();
         store
-            .claim_port(&thief, &claim(20022, &evil, true, day))
+            .claim_port(&thief, &claim(20023, &evil, true, day))
             .unwrap();
     }
 

@@ -88,7 +88,7 @@ fn snapshot(state: &State, new: Option<&TokenEntry>) -> StoreFile {
         tokens.insert(at, new.clone());
     }
     StoreFile {
-        version: file::VERSION,
+        version: file::version_for(!state.ports().is_empty()),
         tokens,
         names: state.names().clone(),
         ports: state.ports().clone(),

@@ -301,44 +301,77 @@ impl State {
         usable && within
     }
 
-    /// Holds `claim.port` for the token `id`, unless it is held for another token (or, asked
-    /// for as any free port, for another port of the same token), or `id` holds as many
-    /// ports as the claim allows.
+    /// Whether `claim.port` may be held for the token `id`: not if it is held for another
+    /// token (or, asked for as any free port, for another port of the same token), or if `id`
+    /// holds as many ports as the claim allows (not counting a port held for the same remote
+    /// port, which the claim would replace).
+    pub(super) fn check_port(
+        &self,
+        claim: &PortClaim<'_>,
+        id: &str,
+        now: SystemTime,
+    ) -> PortClaimed {
+        let name = claim.name.as_str();
+        let same = |held: &PortEntry| {
+            held.token == id && held.name == name && held.remote_port == claim.remote_port
+        };
+        match self.ports.get(&claim.port) {
+            Some(held) if same(held) => return PortClaimed::Held,
+            // Held for another token; or for another remote port of the same token, which only
+            // an explicit claim moves.
+            Some(held)
+                if self.still_held(held, claim.hold, now)
+                    && (held.token != id || !claim.explicit) =>
+            {
+                return PortClaimed::Taken;
+            }
+            _ => {}
+        }
+        let holds = self
+            .ports
+            .iter()
+            .filter(|&(&port, held)| {
+                port != claim.port
+                    && held.token == id
+                    && !same(held)
+                    && self.still_held(held, claim.hold, now)
+            })
+            .count();
+        if holds >= claim.max_per_token {
+            return PortClaimed::TooMany(holds);
+        }
+        PortClaimed::Held
+    }
+
+    /// Holds `claim.port` for the token `id`, as [`check_port`](Self::check_port) allows; the
+    /// port the same remote port was held on before, if another, is held no longer.
     pub(super) fn claim_port(
         &mut self,
         claim: &PortClaim<'_>,
         id: &str,
         now: SystemTime,
     ) -> PortClaimed {
+        let outcome = self.check_port(claim, id, now);
+        if outcome != PortClaimed::Held {
+            return outcome;
+        }
         let entry = PortEntry {
             token: id.to_owned(),
             name: claim.name.to_string(),
             remote_port: claim.remote_port,
             released: None,
         };
-        match self.ports.get(&claim.port) {
-            Some(held) if *held == entry => return PortClaimed::Held,
-            Some(held) if self.still_held(held, claim.hold, now) => {
-                let ours = held.token == id;
-                let same = held.name == entry.name && held.remote_port == entry.remote_port;
-                if !ours || !(claim.explicit || same) {
-                    return PortClaimed::Taken;
-                }
-            }
-            _ => {
-                let holds = self
-                    .ports
-                    .values()
-                    .filter(|held| held.token == id && self.still_held(held, claim.hold, now))
-                    .count();
-                if holds >= claim.max_per_token {
-                    return PortClaimed::TooMany(holds);
-                }
-            }
+        if self.ports.get(&claim.port) == Some(&entry) {
+            return outcome;
         }
+        self.ports.retain(|_, held| {
+            !(held.token == entry.token
+                && held.name == entry.name
+                && held.remote_port == entry.remote_port)
+        });
         self.ports.insert(claim.port, entry);
         self.generation += 1;
-        PortClaimed::Held
+        outcome
     }
 
     /// Starts the hold of `port` for token `id`, whose remote had it and went away, at `now`.
