@@ -385,6 +385,16 @@ async fn a_failed_dial_does_not_tell_the_public_where_the_service_listens() {
                 assert!(!answer.contains(&secret), "it tells {secret:?}: {answer}");
             }
         }
+
+        // Another remote's service on the same relay answers, byte for byte.
+        let backend = HttpBackend::start().await;
+        let other = agent(&relay, "pi").await;
+        let _other = publish_http(&other, backend.addr(), http(HttpProtocol::Http1)).await;
+        let host = format!("Host: pi.{DOMAIN}");
+        let download = format!("{url}/download?bytes=1048576&seed=3");
+        let (body, head) = curl(&["-H", &host, &download]).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(sha256(&body), expected_download(1 << 20, 3));
     })
     .await;
 }
