@@ -59,6 +59,9 @@ impl RelayProcess {
         let mut child = Command::new(bin)
             .args(["relay", "serve", "--listen", listen, "--grace", "1s"])
             .args(["--max-remotes-per-token", "1000000"])
+            // Every agent here comes from 127.0.0.1, as a fleet behind one NAT would.
+            .args(["--max-connections-per-address", "1000000"])
+            .args(["--max-handshakes-per-address", "1024"])
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())
