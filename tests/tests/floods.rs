@@ -30,6 +30,56 @@ const FLOOD: usize = 1100;
 /// shed, not timed out.
 const PATIENT: Duration = Duration::from_secs(3600);
 
+/// Remote `pi` on a relay, publishing one service: kept as long as this is.
+struct Published {
+    session: Session,
+    _forward: sesame_tunnel::Forward,
+    _service: Option<HttpBackend>,
+}
+
+impl Published {
+    /// An HTTP service (the test backend) as `pi`'s virtual host.
+    async fn http(relay: &PublicRelay) -> Self {
+        let backend = HttpBackend::start().await;
+        let target = Target::new("127.0.0.1", backend.addr().port());
+        let publish = Publish::none().http(HttpPublish::new(HttpProtocol::Http1));
+        Published::start(relay, 80, target, publish, Some(backend)).await
+    }
+
+    /// An echo server as `pi`'s port 7, on a public TCP port.
+    async fn tcp_echo(relay: &PublicRelay) -> Self {
+        let echo = echo_server().await;
+        let target = Target::new("127.0.0.1", echo.port());
+        let publish = Publish::none().tcp(TcpPublish::any_port());
+        Published::start(relay, 7, target, publish, None).await
+    }
+
+    async fn start(
+        relay: &PublicRelay,
+        port: u16,
+        target: Target,
+        publish: Publish,
+        service: Option<HttpBackend>,
+    ) -> Self {
+        let session = Session::builder(name("pi"))
+            .relay(relay.url.clone())
+            .connect()
+            .await
+            .unwrap();
+        let forward = session.forward_with(port, target, publish).await.unwrap();
+        Published {
+            session,
+            _forward: forward,
+            _service: service,
+        }
+    }
+
+    /// The relay's TCP address for `pi`'s port 7.
+    fn public_address(&self) -> SocketAddr {
+        ([127, 0, 0, 1], public_port(&self.session, 7)).into()
+    }
+}
+
 /// Opens `count` connections to `addr` and sends nothing on them.
 async fn silent_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     let mut flood = Vec::with_capacity(count);
@@ -122,15 +172,7 @@ async fn an_https_handshake_flood_locks_no_client_out() {
         let mut config = RelayConfig::default();
         config.http.head_timeout = PATIENT;
         let relay = PublicRelay::start(config, 1).await;
-        let backend = HttpBackend::start().await;
-        let session = Session::builder(name("pi"))
-            .relay(relay.url.clone())
-            .connect()
-            .await
-            .unwrap();
-        let target = Target::new("127.0.0.1", backend.addr().port());
-        let publish = Publish::none().http(HttpPublish::new(HttpProtocol::Http1));
-        let _forward = session.forward_with(80, target, publish).await.unwrap();
+        let _pi = Published::http(&relay).await;
 
         let mut flood = silent_connections(relay.https, FLOOD).await;
         let resolve = relay.resolve("pi");
@@ -157,17 +199,8 @@ async fn anonymous_clients_crowd_out_neither_token_holders_nor_other_addresses()
         config.public.connections_per_address = 8;
         config.public.connections_per_remote = 12;
         let relay = PublicRelay::start(config, 1).await;
-        let echo = echo_server().await;
-        let session = Session::builder(name("pi"))
-            .relay(relay.url.clone())
-            .connect()
-            .await
-            .unwrap();
-        let target = Target::new("127.0.0.1", echo.port());
-        let tcp = Publish::none().tcp(TcpPublish::any_port());
-        let _forward = session.forward_with(7, target, tcp).await.unwrap();
-        let port = public_port(&session, 7);
-        let public: SocketAddr = ([127, 0, 0, 1], port).into();
+        let pi = Published::tcp_echo(&relay).await;
+        let public = pi.public_address();
 
         // One address gets its eight connections, and no more.
         let mut first = Vec::new();
@@ -242,15 +275,7 @@ async fn many_requests_and_upgrades_take_no_more_than_the_address_may() {
         // A connection let in stays open for the test: one closed at once was refused.
         config.http.head_timeout = PATIENT;
         let relay = PublicRelay::start(config, 1).await;
-        let backend = HttpBackend::start().await;
-        let session = Session::builder(name("pi"))
-            .relay(relay.url.clone())
-            .connect()
-            .await
-            .unwrap();
-        let target = Target::new("127.0.0.1", backend.addr().port());
-        let publish = Publish::none().http(HttpPublish::new(HttpProtocol::Http1));
-        let _forward = session.forward_with(80, target, publish).await.unwrap();
+        let _pi = Published::http(&relay).await;
 
         // Twenty downloads at once on one HTTP/2 connection: each needs a connection to the
         // service, and the address has eight slots, one of them the client's own.
@@ -332,16 +357,8 @@ fn impatient() -> RelayConfig {
 async fn idle_public_tcp_connections_are_closed_and_busy_ones_are_not() {
     within(async {
         let relay = PublicRelay::start(impatient(), 1).await;
-        let echo = echo_server().await;
-        let session = Session::builder(name("pi"))
-            .relay(relay.url.clone())
-            .connect()
-            .await
-            .unwrap();
-        let target = Target::new("127.0.0.1", echo.port());
-        let tcp = Publish::none().tcp(TcpPublish::any_port());
-        let _forward = session.forward_with(7, target, tcp).await.unwrap();
-        let public: SocketAddr = ([127, 0, 0, 1], public_port(&session, 7)).into();
+        let pi = Published::tcp_echo(&relay).await;
+        let public = pi.public_address();
 
         let mut idle = TcpStream::connect(public).await.unwrap();
         assert!(carried(&mut idle).await);
@@ -362,15 +379,7 @@ async fn idle_public_tcp_connections_are_closed_and_busy_ones_are_not() {
 async fn stalled_request_bodies_and_idle_http2_connections_are_closed() {
     within(async {
         let relay = PublicRelay::start(impatient(), 1).await;
-        let backend = HttpBackend::start().await;
-        let session = Session::builder(name("pi"))
-            .relay(relay.url.clone())
-            .connect()
-            .await
-            .unwrap();
-        let target = Target::new("127.0.0.1", backend.addr().port());
-        let publish = Publish::none().http(HttpPublish::new(HttpProtocol::Http1));
-        let _forward = session.forward_with(80, target, publish).await.unwrap();
+        let _pi = Published::http(&relay).await;
 
         // A body that promises 1,000 bytes and sends 10 is given up on.
         let mut stalled = TcpStream::connect(relay.http).await.unwrap();
