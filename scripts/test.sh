@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace, then the NAT test in network namespaces
 # (where it can make them) and a 60 s soak. Installs what the tests need when it is missing:
-# curl, python3, kill and the Python modules websockets, grpc and protobuf (Debian packages),
-# buf (npm's @bufbuild/buf, into target/tools); the NAT test installs its own.
+# curl, python3, kill and the Python modules websockets, grpc, protobuf and prometheus_client
+# (Debian packages), buf (npm's @bufbuild/buf, into target/tools); the NAT test installs its
+# own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 need_packages curl:curl python3:python3 kill:procps npm:npm
-need_python_modules websockets:python3-websockets grpc:python3-grpcio google.protobuf:python3-protobuf
+need_python_modules websockets:python3-websockets grpc:python3-grpcio google.protobuf:python3-protobuf \
+  prometheus_client:python3-prometheus-client
 scripts/lint-proto.sh
 
 echo "== cargo fmt" >&2

@@ -207,6 +207,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it on a private
+    /// address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 

@@ -63,7 +63,7 @@ impl Dialer {
             peer,
             from_dialer: Box::pin(requests),
             dialer_ended: caller.ended().cloned(),
-            entrance: Entrance::Dialer,
+            entrance: Entrance::Dial,
         };
         let to_dialer = self.sessions.dial(dial).await?;
         Ok(Response::new(to_dialer))

@@ -84,11 +84,12 @@ impl Default for HttpFront {
             config: config.http,
             transport: config.transport,
             endpoints,
-            sessions: Arc::new(LocalSessions::new(registry, limits)),
+            sessions: Arc::new(LocalSessions::new(registry, limits, Arc::default())),
             shutdown: Shutdown::default(),
             public_connections: crate::admission::PerAddress::new(usize::MAX),
             handshakes_per_address: 1,
             upgrade_idle_timeout: config.public.tcp_idle_timeout,
+            metrics: Arc::default(),
         };
         HttpFront {
             front: Arc::new(front),

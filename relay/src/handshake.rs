@@ -13,6 +13,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::debug;
 
+use crate::metrics::{HandshakeResult, Listener, Metrics};
+
 /// A TLS connection from a client, with the addresses tonic reports to the services.
 pub(crate) struct TlsConnection {
     stream: TlsStream<TcpStream>,
@@ -27,25 +29,29 @@ impl Connected for TlsConnection {
     }
 }
 
-/// Runs the TLS handshake on `tcp`; `None` if it fails or takes longer than `timeout`.
+/// Runs the TLS handshake on `tcp`, counting how it ended in `metrics`; `None` if it fails or
+/// takes longer than `timeout`.
 pub(crate) async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     timeout: Duration,
+    metrics: &Metrics,
 ) -> Option<TlsConnection> {
     let info = tcp.connect_info();
     let remote = info.remote_addr;
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(TlsConnection { stream, info }),
+    let (connection, result) = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => (Some(TlsConnection { stream, info }), HandshakeResult::Ok),
         Ok(Err(error)) => {
             debug!(?remote, %error, "TLS handshake failed");
-            None
+            (None, HandshakeResult::Failed)
         }
         Err(_) => {
             debug!(?remote, "no TLS handshake in time: closed");
-            None
+            (None, HandshakeResult::TimedOut)
         }
-    }
+    };
+    metrics.handshake(Listener::Grpc, result);
+    connection
 }
 
 impl AsyncRead for TlsConnection {

@@ -45,6 +45,7 @@
 //!   `private_file` ([`write_private_file`]): files only the relay's user may read;
 //! - [`proxy_protocol`]: the PROXY protocol header that tells a target who the client is;
 //! - [`config`]: every setting, depending on nothing else of the relay;
+//! - [`metrics`]: what the relay counts, and `/metrics` for Prometheus;
 //! - `fuzzing` (feature `fuzzing`): entry points for the fuzz targets, not a stable API.
 
 mod admission;
@@ -59,6 +60,7 @@ mod endpoints;
 pub mod fuzzing;
 mod handshake;
 mod http;
+pub mod metrics;
 mod private_file;
 pub mod proxy_protocol;
 pub mod registry;

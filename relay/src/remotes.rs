@@ -269,7 +269,11 @@ mod tests {
         }
         let budget = crate::config::RelayConfig::default().failed_auth;
         let remotes = Remotes {
-            gate: Arc::new(Gate::new(Arc::new(Scoped(&["connect:shown-*"])), budget)),
+            gate: Arc::new(Gate::new(
+                Arc::new(Scoped(&["connect:shown-*"])),
+                budget,
+                Arc::default(),
+            )),
             registry,
             pages: PageTokens::new(),
         };

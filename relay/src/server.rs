@@ -27,6 +27,7 @@ use crate::endpoints::tcp::{Carrier, PortLimits, TcpPorts};
 use crate::endpoints::{Endpoints, HttpSite};
 use crate::handshake::handshake;
 use crate::http::{Front, PublicListener};
+use crate::metrics::Metrics;
 use crate::registry::{MemoryRegistry, Registry};
 use crate::remotes::{PageTokens, Remotes};
 use crate::serving;
@@ -50,6 +51,9 @@ pub struct Relay {
     workers: Arc<Workers>,
     /// The token store, saved once the relay has stopped.
     tokens: Option<Arc<TokenStore>>,
+    metrics: Arc<Metrics>,
+    /// Where `/metrics` is served, if anywhere.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -71,6 +75,7 @@ pub struct RelayBuilder {
     domain: Option<String>,
     public: Vec<PublicListener>,
     tcp_ports: Option<TcpPortRange>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for RelayBuilder {
@@ -145,6 +150,13 @@ impl RelayBuilder {
         self
     }
 
+    /// Serves the relay's [`Metrics`] on `listener` (plain HTTP, `GET /metrics`), for
+    /// Prometheus to scrape.
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// The relay.
     pub fn build(self) -> Relay {
         let site = self.domain.map(|domain| HttpSite {
@@ -161,8 +173,12 @@ impl RelayBuilder {
         let config = Arc::new(self.config);
         let shutdown = Shutdown::default();
         let limits = config.as_ref().into();
-        let sessions: Arc<dyn Sessions> =
-            Arc::new(LocalSessions::new(self.registry.clone(), limits));
+        let metrics = Arc::new(Metrics::new());
+        let sessions: Arc<dyn Sessions> = Arc::new(LocalSessions::new(
+            self.registry.clone(),
+            limits,
+            metrics.clone(),
+        ));
         let public_connections = PerAddress::new(config.public.connections_per_address);
         let carrier = Carrier {
             sessions: sessions.clone(),
@@ -179,7 +195,7 @@ impl RelayBuilder {
             .tcp_ports
             .map(|range| TcpPorts::new(range, carrier.clone(), self.auth.clone(), port_limits));
         let endpoints = Arc::new(Endpoints::new(site, tcp_ports));
-        let gate = Arc::new(Gate::new(self.auth, config.failed_auth));
+        let gate = Arc::new(Gate::new(self.auth, config.failed_auth, metrics.clone()));
         let tunnel = Tunnel {
             config: config.clone(),
             gate: gate.clone(),
@@ -187,6 +203,7 @@ impl RelayBuilder {
             sessions: sessions.clone(),
             endpoints: endpoints.clone(),
             shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
         };
         let dialer = Dialer {
             gate: gate.clone(),
@@ -212,6 +229,7 @@ impl RelayBuilder {
             public_connections,
             handshakes_per_address: config.max_handshakes_per_address,
             upgrade_idle_timeout: config.public.tcp_idle_timeout,
+            metrics: metrics.clone(),
         });
         let workers = Workers::start(config.worker_threads).unwrap_or_else(|error| {
             warn!(%error, "no worker threads: serving every connection on the relay's runtime");
@@ -225,6 +243,8 @@ impl RelayBuilder {
             shutdown,
             workers: Arc::new(workers),
             tokens: self.tokens,
+            metrics,
+            metrics_listener: self.metrics_listener,
         }
     }
 }
@@ -255,7 +275,13 @@ impl Relay {
             domain: None,
             public: Vec::new(),
             tcp_ports: None,
+            metrics_listener: None,
         }
+    }
+
+    /// What the relay counts: the same figures its metrics listener serves.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then shuts down gracefully as
@@ -276,9 +302,10 @@ impl Relay {
     ) {
         let acceptor = TlsAcceptor::from(tls);
         let timeout = self.config.handshake_timeout;
+        let metrics = self.metrics.clone();
         let prepare = move |tcp| {
-            let acceptor = acceptor.clone();
-            async move { handshake(&acceptor, tcp, timeout).await }
+            let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
+            async move { handshake(&acceptor, tcp, timeout, &metrics).await }
         };
         let accept = |serving: Serving| serving.listen(listener, prepare);
         self.run(accept, shutdown).await
@@ -332,9 +359,15 @@ impl Relay {
             shutdown: stages,
             workers,
             tokens,
+            metrics,
+            metrics_listener,
         } = self;
         for public in public {
             tokio::spawn(crate::http::serve(front.clone(), public, workers.clone()));
+        }
+        if let Some(listener) = metrics_listener {
+            let scraping = crate::metrics::serve(metrics.clone(), listener, stages.cut.clone());
+            tokio::spawn(scraping);
         }
         let draining = stages.begun.clone();
         let signal = async move {
@@ -348,6 +381,7 @@ impl Relay {
             shutdown: stages.clone(),
             routes,
             workers: workers.clone(),
+            metrics,
         };
         let server = async {
             tokio::select! {
@@ -388,6 +422,7 @@ struct Serving {
     shutdown: Shutdown,
     routes: Routes,
     workers: Arc<Workers>,
+    metrics: Arc<Metrics>,
 }
 
 impl Serving {
@@ -403,7 +438,11 @@ impl Serving {
             shutdown,
             routes,
             workers,
+            metrics,
         } = self;
-        serving::serve_listener(&config, &shutdown, routes, listener, &workers, prepare).await;
+        serving::serve_listener(
+            &config, &shutdown, routes, listener, &workers, prepare, &metrics,
+        )
+        .await;
     }
 }

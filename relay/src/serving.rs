@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::admission::{Admitted, Handshakes, PerAddress};
 use crate::config::RelayConfig;
+use crate::metrics::{HandshakeResult, Listener, Metrics};
 use crate::shutdown::{CutAfterFlush, Shutdown};
 use crate::workers::Workers;
 
@@ -43,6 +44,7 @@ pub(crate) async fn serve_listener<P, PF, IO>(
     listener: TcpListener,
     workers: &Workers,
     prepare: P,
+    metrics: &Arc<Metrics>,
 ) where
     P: Fn(TcpStream) -> PF + Clone + Send + 'static,
     PF: Future<Output = Option<IO>> + Send + 'static,
@@ -80,12 +82,13 @@ pub(crate) async fn serve_listener<P, PF, IO>(
             continue;
         };
         let handshake = handshakes.admit(remote.ip());
-        let (prepare, inboxes) = (prepare.clone(), inboxes.clone());
+        let (prepare, inboxes, metrics) = (prepare.clone(), inboxes.clone(), metrics.clone());
         workers.hand_over(tcp, move |tcp, index| async move {
             let ready = tokio::select! {
                 ready = prepare(tcp) => ready,
                 () = handshake.shed().cancelled() => {
                     debug!(%remote, "a handshake was shed for a newer one");
+                    metrics.handshake(Listener::Grpc, HandshakeResult::Shed);
                     None
                 }
             };

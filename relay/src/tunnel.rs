@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::{Stream, StreamExt, stream};
 use sesame_proto::v1::tunnel_service_server::TunnelService;
 use sesame_proto::v1::{
-    AcceptConnectionRequest, Drain, OpenSessionRequest, OpenSessionResponse, Settings, Welcome,
-    accept_connection_request, open_session_request, open_session_response,
+    AcceptConnectionRequest, AcceptConnectionResponse, DialResponse, Drain, OpenSessionRequest,
+    OpenSessionResponse, Settings, Welcome, accept_connection_request, accept_connection_response,
+    dial_response, open_session_request, open_session_response,
 };
 use sesame_tunnel::handshake::accept_hello;
 use sesame_tunnel::settings::MAX_CHUNK_BYTES;
@@ -27,6 +28,7 @@ use crate::auth::{Action as Permission, Caller, Gate};
 use crate::config::RelayConfig;
 use crate::control::{Action, Control};
 use crate::endpoints::Endpoints;
+use crate::metrics::Metrics;
 use crate::registry::{Registry, RemoteRecord};
 use crate::remotes::to_proto;
 use crate::sessions::{Attached, SessionLink, Sessions};
@@ -42,6 +44,7 @@ pub(crate) struct Tunnel {
     pub(crate) sessions: Arc<dyn Sessions>,
     pub(crate) endpoints: Arc<Endpoints>,
     pub(crate) shutdown: Shutdown,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 type ControlSender = mpsc::Sender<Result<OpenSessionResponse, Status>>;
@@ -192,15 +195,35 @@ impl Tunnel {
             .shutdown
             .connection_cut(caller.ended(), dial.dialer_ended.as_ref());
         let (to_dialer, to_agent) = splice(dial.from_dialer, requests, link.chunk_limit, &cut);
-        // The slot is given back, and the cut's watcher stopped, when both halves of the
-        // connection are gone.
-        let slot = Arc::new((dial.slot, cut_guard));
+        let origin = &dial.origin;
+        let count =
+            self.metrics
+                .connection(origin.entrance, &origin.name, origin.started.elapsed());
+        // The slot is given back, the cut's watcher stopped and the connection counted out
+        // when both halves of the connection are gone.
+        let slot = Arc::new((dial.slot, cut_guard, count));
         let (dialer_slot, agent_slot) = (slot.clone(), slot);
-        let to_dialer: ToDialer = Box::pin(to_dialer.inspect(move |_| {
-            let _ = &dialer_slot;
+        let started = origin.started;
+        let mut first = true;
+        let to_dialer: ToDialer = Box::pin(to_dialer.inspect(move |message| {
+            if let Ok(DialResponse {
+                message: Some(dial_response::Message::Data(data)),
+            }) = message
+            {
+                let count = &dialer_slot.2;
+                count.came_from_remote(data.len());
+                if std::mem::take(&mut first) {
+                    count.first_byte(started.elapsed());
+                }
+            }
         }));
-        let to_agent: ToAgent = Box::pin(to_agent.inspect(move |_| {
-            let _ = &agent_slot;
+        let to_agent: ToAgent = Box::pin(to_agent.inspect(move |message| {
+            if let Ok(AcceptConnectionResponse {
+                message: Some(accept_connection_response::Message::Data(data)),
+            }) = message
+            {
+                agent_slot.2.went_to_remote(data.len());
+            }
         }));
         dial.reply.send(Ok(to_dialer)).map_err(|_| {
             Status::not_found("the dialer gave up before the connection was accepted")
@@ -283,6 +306,7 @@ impl Tunnel {
         if let Err(error) = self.registry.release(&record.name, &record.session).await {
             warn!(error = %error, "could not release the remote's name");
         }
+        self.metrics.forget_remote(&record.name);
         // The token holds the name until here, as the registry did.
         drop(attached);
         last_words

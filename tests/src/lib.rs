@@ -29,7 +29,7 @@ pub mod secure;
 pub use banner::RelayBanner;
 pub use grpc_echo::GrpcEcho;
 pub use http_backend::{HttpBackend, expected_download};
-pub use python::{WsEchoServer, python, require_python_modules};
+pub use python::{Sample, WsEchoServer, python, require_python_modules, sample, scrape};
 pub use secure::{LegitTransfer, SecureRelay};
 
 /// The README's Rust example, compiled as a doctest so that it stays true.

@@ -35,6 +35,8 @@ pub struct PublicRelay {
     pub certificate: std::sync::Arc<ReloadingCertificate>,
     /// The TCP ports it publishes on.
     pub tcp_ports: RangeInclusive<u16>,
+    /// Where it serves `/metrics`.
+    pub metrics: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     /// Holds the certificate files.
@@ -128,7 +130,9 @@ impl PublicRelay {
             .parse()
             .unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
-        let mut relay = Relay::builder().config(config);
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let mut relay = Relay::builder().config(config).metrics_listener(metrics);
         if let Some(store) = store {
             relay = relay.tokens(store);
         }
@@ -151,6 +155,7 @@ impl PublicRelay {
             cert_files: (cert, key),
             certificate,
             tcp_ports: range,
+            metrics: metrics_addr,
             stop: Some(stop),
             task,
             _dir: dir,

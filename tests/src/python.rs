@@ -161,3 +161,49 @@ pub async fn grpc_echo_client(target: &str, args: &[&str]) -> serde_json::Value 
         &run_script("grpc_echo_client.py", &all).await,
     )
 }
+
+/// One sample of a scrape: the metric's name, its labels, its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The sample's name (`sesame_relay_bytes_total`).
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// The samples of `url` (a `/metrics` endpoint), as `scrape.py` reads them with Python's
+/// `prometheus_client` parser.
+pub async fn scrape(url: &str) -> Vec<Sample> {
+    require_python_modules(&["prometheus_client"]);
+    let output = run_script("scrape.py", &[url]).await;
+    let report = report("scrape.py", &output);
+    let samples = report["samples"].as_array().expect("a list of samples");
+    samples
+        .iter()
+        .map(|sample| Sample {
+            name: sample[0].as_str().expect("a name").to_owned(),
+            labels: sample[1]
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("a label value").to_owned()))
+                .collect(),
+            value: sample[2].as_f64().expect("a value"),
+        })
+        .collect()
+}
+
+/// The value of the sample `name` with `labels` among `samples`, if there is one.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|sample| {
+            sample.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| sample.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|sample| sample.value)
+}

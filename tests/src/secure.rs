@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sesame_relay::auth::Scope;
+use sesame_relay::metrics::Metrics;
 use sesame_relay::tls::ReloadingCertificate;
 use sesame_relay::{Relay, RelayConfig, TokenStore};
 use sesame_tunnel::tonic::transport::Endpoint;
@@ -30,6 +31,8 @@ pub struct SecureRelay {
     pub store: Arc<TokenStore>,
     /// Its admin token.
     pub admin: Token,
+    /// What it counts.
+    pub metrics: Arc<Metrics>,
     _data_dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -75,6 +78,7 @@ impl SecureRelay {
             .config(config)
             .tokens(opened.store.clone())
             .build();
+        let metrics = relay.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let config = certificate.server_config_for(&[b"h2"]);
         let task = tokio::spawn(async move {
@@ -92,6 +96,7 @@ impl SecureRelay {
             fingerprint,
             store: opened.store,
             admin,
+            metrics,
             _data_dir: data_dir,
             _stop: stop,
             task,

@@ -615,6 +615,21 @@ async fn an_address_that_fails_too_often_is_locked_out_and_no_other() {
             Code::Ok,
             "another address"
         );
+        // The relay counts both kinds of refusal for its operator.
+        let metrics = relay.metrics.encode();
+        let counted = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        };
+        assert_eq!(counted("sesame_relay_auth_failures_total"), 3.0);
+        assert_eq!(counted("sesame_relay_throttled_total"), 2.0);
         legit.finish().await;
     })
     .await

@@ -119,6 +119,11 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
             public_host,
         });
     }
+    if let Some(addr) = args.metrics_listen {
+        let listener = bind(addr).await?;
+        println!("metrics at http://{}/metrics", listener.local_addr()?);
+        relay = relay.metrics_listener(listener);
+    }
     let relay = relay.build();
     diagnostics::include_relay_workers(relay.worker_tasks());
     match certificate {

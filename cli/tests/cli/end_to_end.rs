@@ -177,3 +177,26 @@ fn expose_derives_a_valid_name_from_the_host_name() {
         "{listed}"
     );
 }
+
+#[test]
+fn relay_serve_serves_prometheus_metrics() {
+    require("curl");
+    let mut relay = Relay::start_with("127.0.0.1:0", &["--metrics-listen", "127.0.0.1:0"]);
+    let line = relay.proc.wait_for(|line| line.starts_with("metrics at "));
+    let url = line.trim_start_matches("metrics at ").to_owned();
+    let ticker = Ticker::start();
+    let _agent = relay.expose("counted", &[&ticker.port.to_string()]);
+    let mut curl = Command::new("curl");
+    curl.args(["--silent", "--show-error", "--fail", "--max-time", "60"])
+        .arg(&url);
+    let result = run(curl, b"");
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let metrics = text(&result.stdout);
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "sesame_relay_sessions 1"),
+        "{metrics}"
+    );
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+}

@@ -28,7 +28,7 @@ use crate::auth::{Authorize, Caller, PortClaim};
 use crate::config::TcpPortRange;
 use crate::lock;
 use crate::proxy_protocol::v2_header;
-use crate::sessions::{Sessions, dial_local};
+use crate::sessions::{Entrance, Sessions, dial_local};
 use crate::shutdown::Shutdown;
 
 /// A port opened for a remote.
@@ -378,7 +378,14 @@ async fn carry(carrier: Carrier, target: Target, client: TcpStream, peer: Socket
     let local = client.local_addr().ok();
     let (sessions, transport) = (&*carrier.sessions, &carrier.transport);
     let (name, port) = (&target.name, target.remote_port);
-    let conn = match dial_local(sessions, transport, name, port, peer.to_string()).await {
+    let dialing = dial_local(
+        sessions,
+        transport,
+        (name, port),
+        peer.to_string(),
+        Entrance::Tcp,
+    );
+    let conn = match dialing.await {
         Ok(conn) => conn,
         Err(status) => {
             debug!(%peer, error = status.message(), "a public connection could not be carried");

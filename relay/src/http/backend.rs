@@ -24,7 +24,7 @@ use super::Front;
 use super::timeouts::TimedBody;
 use crate::admission::Admitted;
 use crate::lock;
-use crate::sessions::dial_local;
+use crate::sessions::{Entrance, dial_local};
 
 /// The most idle HTTP/1.1 connections a client connection keeps to one remote.
 const MAX_IDLE_PER_REMOTE: usize = 8;
@@ -195,7 +195,7 @@ impl Backends {
             })?;
         let (sessions, transport) = (&*self.front.sessions, &self.front.transport);
         let peer = self.client.to_string();
-        let conn = dial_local(sessions, transport, name, *port, peer)
+        let conn = dial_local(sessions, transport, (name, *port), peer, Entrance::Http)
             .await
             .map_err(BackendError::Dial)?;
         Ok(TokioIo::new(Admitted::new(conn, Some(slot))))

@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::admission::{AddressSlot, Handshake, Handshakes, PerAddress};
 use crate::config::HttpConfig;
 use crate::endpoints::Endpoints;
+use crate::metrics::{HandshakeResult, Listener, Metrics};
 use crate::serving::MAX_HANDSHAKES;
 use crate::sessions::Sessions;
 use crate::shutdown::Shutdown;
@@ -66,6 +67,8 @@ pub(crate) struct Front {
     pub(crate) handshakes_per_address: usize,
     /// How long a switched protocol (WebSocket) may carry nothing before it is closed.
     pub(crate) upgrade_idle_timeout: std::time::Duration,
+    /// What the relay counts.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A public HTTP listener, with TLS for HTTPS.
@@ -137,25 +140,30 @@ pub(crate) async fn serve_connection<IO>(
     match tls {
         Some((acceptor, handshake)) => {
             let accepting = tokio::time::timeout(head_timeout, acceptor.accept(tcp));
+            let counted = |result| front.metrics.handshake(Listener::Https, result);
             let accepted = tokio::select! {
                 accepted = accepting => accepted,
                 () = handshake.shed().cancelled() => {
                     debug!("a TLS handshake was shed for a newer one");
+                    counted(HandshakeResult::Shed);
                     return;
                 }
             };
             drop(handshake);
             let Ok(accepted) = accepted else {
                 debug!("no TLS handshake in time");
+                counted(HandshakeResult::TimedOut);
                 return;
             };
             let stream = match accepted {
                 Ok(stream) => stream,
                 Err(error) => {
                     debug!(error = %io_reason(&error), "TLS handshake failed");
+                    counted(HandshakeResult::Failed);
                     return;
                 }
             };
+            counted(HandshakeResult::Ok);
             let version = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Version::Http2,
                 _ => Version::Http1,

@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::debug;
 
-use super::{Dial, Entrance, PendingDial, SessionLink, Sessions};
+use super::{Dial, Entrance, Origin, PendingDial, SessionLink, Sessions};
 use crate::auth::Caller;
 use crate::config::RelayConfig;
 use crate::lock;
+use crate::metrics::{Metrics, SessionCount};
 use crate::registry::Registry;
 
 /// The limits that [`LocalSessions`] keeps.
@@ -50,6 +51,7 @@ pub(crate) struct LocalSessions {
     registry: Arc<dyn Registry>,
     limits: Limits,
     table: Arc<Table>,
+    metrics: Arc<Metrics>,
 }
 
 /// What the sessions' guards give back when dropped.
@@ -67,6 +69,8 @@ struct Table {
 pub(crate) struct Attached {
     table: Arc<Table>,
     id: SessionId,
+    /// Counts the session among the relay's until dropped.
+    _counted: SessionCount,
     /// The token and the name it holds through this session.
     held: Option<(String, RemoteName)>,
 }
@@ -117,12 +121,13 @@ impl Drop for Parked {
 }
 
 impl LocalSessions {
-    /// No sessions yet; dials look remotes up in `registry`.
-    pub(crate) fn new(registry: Arc<dyn Registry>, limits: Limits) -> Self {
+    /// No sessions yet; dials look remotes up in `registry`, and are counted in `metrics`.
+    pub(crate) fn new(registry: Arc<dyn Registry>, limits: Limits, metrics: Arc<Metrics>) -> Self {
         LocalSessions {
             registry,
             limits,
             table: Arc::default(),
+            metrics,
         }
     }
 
@@ -149,6 +154,7 @@ impl LocalSessions {
             dialer_ended,
             entrance,
         } = dial;
+        let started = Instant::now();
         let not_found = || Error::RemoteNotFound {
             name: name.to_string(),
         };
@@ -162,8 +168,10 @@ impl LocalSessions {
         let link = self.get(&record.session).ok_or_else(not_found)?;
         let quoted = format!("{:?}", name.to_string());
         let (limit, whose) = match entrance {
-            Entrance::Dialer => (self.limits.connections_per_remote, ""),
-            Entrance::Public => (self.limits.public_connections_per_remote, "public "),
+            Entrance::Dial => (self.limits.connections_per_remote, ""),
+            Entrance::Http | Entrance::Tcp => {
+                (self.limits.public_connections_per_remote, "public ")
+            }
         };
         let slot = link.take_slot(entrance, limit).ok_or_else(|| {
             Status::resource_exhausted(format!(
@@ -176,6 +184,11 @@ impl LocalSessions {
         let (reply, answer) = oneshot::channel();
         let pending = PendingDial {
             session: record.session.clone(),
+            origin: Origin {
+                entrance,
+                name: name.clone(),
+                started,
+            },
             slot,
             dialer_ended,
             from_dialer,
@@ -246,6 +259,7 @@ impl Sessions for LocalSessions {
         Ok(Attached {
             table: self.table.clone(),
             id,
+            _counted: self.metrics.session(),
             held,
         })
     }
@@ -269,7 +283,14 @@ impl Sessions for LocalSessions {
     }
 
     fn dial(&self, dial: Dial) -> BoxFuture<'_, Result<ToDialer, Status>> {
-        self.dial_here(dial).boxed()
+        async move {
+            let dialed = self.dial_here(dial).await;
+            if let Err(status) = &dialed {
+                self.metrics.dial_failed(status.code());
+            }
+            dialed
+        }
+        .boxed()
     }
 
     fn remotes_held(&self, token: &str) -> usize {
@@ -335,7 +356,7 @@ mod tests {
             peer: "127.0.0.1:1".to_owned(),
             from_dialer: Box::pin(stream::empty()),
             dialer_ended: None,
-            entrance: Entrance::Dialer,
+            entrance: Entrance::Dial,
         }
     }
 
@@ -345,7 +366,8 @@ mod tests {
 
     #[test]
     fn a_token_holds_a_limited_number_of_remotes_and_gives_them_back() {
-        let sessions = LocalSessions::new(Arc::new(MemoryRegistry::default()), LIMITS);
+        let sessions =
+            LocalSessions::new(Arc::new(MemoryRegistry::default()), LIMITS, Arc::default());
         let names: Vec<_> = ["a", "b", "c"]
             .iter()
             .map(|name| RemoteName::new(*name).unwrap())
@@ -376,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn a_dial_reaches_its_session_and_ends_when_the_session_does() {
         let registry = Arc::new(MemoryRegistry::default());
-        let sessions = LocalSessions::new(registry.clone(), LIMITS);
+        let sessions = LocalSessions::new(registry.clone(), LIMITS, Arc::default());
         let name = RemoteName::new("pi").unwrap();
         let id = SessionId::generate();
         registered(&registry, &name, &id).await;
@@ -409,7 +431,7 @@ mod tests {
     #[tokio::test]
     async fn a_ticket_is_taken_only_by_its_own_session() {
         let registry = Arc::new(MemoryRegistry::default());
-        let sessions = Arc::new(LocalSessions::new(registry.clone(), LIMITS));
+        let sessions = Arc::new(LocalSessions::new(registry.clone(), LIMITS, Arc::default()));
         let name = RemoteName::new("pi").unwrap();
         let id = SessionId::generate();
         registered(&registry, &name, &id).await;
@@ -456,7 +478,7 @@ mod tests {
     #[tokio::test]
     async fn dials_to_unknown_remotes_and_ports_fail_clearly() {
         let registry = Arc::new(MemoryRegistry::default());
-        let sessions = LocalSessions::new(registry.clone(), LIMITS);
+        let sessions = LocalSessions::new(registry.clone(), LIMITS, Arc::default());
         let name = RemoteName::new("pi").unwrap();
         let unknown = sessions.dial(dial(&name, 22)).await.err().unwrap();
         assert_eq!(unknown.code(), tonic::Code::NotFound);

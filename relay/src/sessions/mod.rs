@@ -25,13 +25,16 @@ use crate::auth::Caller;
 
 pub(crate) use local::{Attached, LocalSessions};
 
-/// Where a dial comes from, which decides whose connection slots it takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a dial comes from, which decides whose connection slots it takes: token holders'
+/// or the public's.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum Entrance {
-    /// A token holder's `Dial` call.
-    Dialer,
-    /// An anonymous client of a public endpoint (a virtual host, a TCP port).
-    Public,
+    /// A token holder's `Dial` call (`sesame connect`).
+    Dial,
+    /// A request to an HTTP virtual host.
+    Http,
+    /// A public TCP port.
+    Tcp,
 }
 
 /// A dial: a port of a remote, for a dialer.
@@ -104,8 +107,8 @@ impl SessionLink {
     /// that entrance's `limit`.
     pub(crate) fn take_slot(&self, entrance: Entrance, limit: usize) -> Option<ConnectionSlot> {
         let connections = match entrance {
-            Entrance::Dialer => &self.connections,
-            Entrance::Public => &self.public_connections,
+            Entrance::Dial => &self.connections,
+            Entrance::Http | Entrance::Tcp => &self.public_connections,
         };
         let taken = connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < limit).then_some(n + 1)
@@ -124,10 +127,23 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Where a dial came from, and when: what its connection is counted as.
+#[derive(Clone, Debug)]
+pub(crate) struct Origin {
+    /// The entrance it came through.
+    pub(crate) entrance: Entrance,
+    /// The remote it is for.
+    pub(crate) name: RemoteName,
+    /// When the dial began.
+    pub(crate) started: tokio::time::Instant,
+}
+
 /// A dial waiting for its agent to accept or refuse it.
 pub(crate) struct PendingDial {
     /// The session it was offered to.
     pub(crate) session: SessionId,
+    /// Where the dial came from, and when.
+    pub(crate) origin: Origin,
     /// The connection's slot among the session's.
     pub(crate) slot: ConnectionSlot,
     /// Cancelled when the dialer's token is revoked or expires.
@@ -138,14 +154,14 @@ pub(crate) struct PendingDial {
     pub(crate) reply: oneshot::Sender<Result<ToDialer, Status>>,
 }
 
-/// Dials from inside the relay, for a public endpoint: returns the connection to read and
-/// write once the agent has accepted it.
+/// Dials from inside the relay, for a public endpoint (`entrance`): returns the connection to
+/// read and write once the agent has accepted it.
 pub(crate) async fn dial_local(
     sessions: &dyn Sessions,
     transport: &TransportSettings,
-    name: &RemoteName,
-    port: u16,
+    (name, port): (&RemoteName, u16),
     peer: String,
+    entrance: Entrance,
 ) -> Result<Connection, Status> {
     let (local, from_dialer) = LocalDial::new(transport);
     let dial = Dial {
@@ -154,7 +170,7 @@ pub(crate) async fn dial_local(
         peer,
         from_dialer,
         dialer_ended: None,
-        entrance: Entrance::Public,
+        entrance,
     };
     let to_dialer = sessions.dial(dial).await?;
     Ok(local.connect(to_dialer, name.clone(), port))
