@@ -300,6 +300,11 @@ pub(crate) struct ExposeArgs {
     /// service sees the client's address.
     #[arg(long, help_heading = "Public endpoints")]
     pub proxy_protocol: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it on loopback or a
+    /// private address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `sesame connect`

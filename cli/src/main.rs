@@ -9,6 +9,7 @@
 //! - `status`: what `expose` shows while it runs; `logging`: tracing to stderr;
 //! - `report`: errors as one line and a hint; `diagnostics`: a stats line on SIGUSR1.
 
+mod agent_metrics;
 mod args;
 mod commands;
 mod credentials;

@@ -20,7 +20,8 @@ use sesame_tunnel::RemoteName;
 use tonic::Code;
 
 pub(crate) use crate::sessions::Entrance;
-pub(crate) use endpoint::serve;
+pub use endpoint::serve_metrics;
+pub use process::ProcessCollector;
 
 /// The OpenMetrics text format's content type, which `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -156,7 +157,7 @@ impl Metrics {
 
         let mut registry = Registry::default();
         // The process's figures under the names every client uses; the relay's under its own.
-        registry.register_collector(Box::new(process::Process::new()));
+        registry.register_collector(Box::new(ProcessCollector));
         let relay = registry.sub_registry_with_prefix("sesame_relay");
         relay.register(
             "sessions",

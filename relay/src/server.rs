@@ -366,8 +366,13 @@ impl Relay {
             tokio::spawn(crate::http::serve(front.clone(), public, workers.clone()));
         }
         if let Some(listener) = metrics_listener {
-            let scraping = crate::metrics::serve(metrics.clone(), listener, stages.cut.clone());
-            tokio::spawn(scraping);
+            let metrics = metrics.clone();
+            let render = move || metrics.encode();
+            tokio::spawn(crate::metrics::serve_metrics(
+                render,
+                listener,
+                stages.cut.clone(),
+            ));
         }
         let draining = stages.begun.clone();
         let signal = async move {

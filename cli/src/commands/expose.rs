@@ -22,6 +22,15 @@ pub(crate) async fn run(
         bail!("port {} is given twice", twice.port);
     }
     let publishing = publishing(&args)?;
+    // Bound before the relay is reached, so that a taken address fails at once.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let mut stop = std::pin::pin!(super::stop_requested());
     let name = match args.name {
         Some(name) => name,
@@ -50,6 +59,17 @@ pub(crate) async fn run(
     };
 
     println!("remote {name} is connected to relay {relay}");
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let _stop_metrics = stop_metrics.clone().drop_guard();
+    if let Some(listener) = metrics {
+        println!("  metrics at http://{}/metrics", listener.local_addr()?);
+        let render = crate::agent_metrics::renderer(session.clone());
+        tokio::spawn(sesame_relay::metrics::serve_metrics(
+            render,
+            listener,
+            stop_metrics,
+        ));
+    }
     let relay_flag = if relay.to_string() == sesame_tunnel::DEFAULT_RELAY {
         String::new()
     } else {

@@ -200,3 +200,69 @@ fn relay_serve_serves_prometheus_metrics() {
     );
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
 }
+
+/// The samples of the metrics at `url`, as `tests/python/scrape.py` reads them with Python's
+/// `prometheus_client` parser: `(name, labels, value)`.
+fn scrape(url: &str) -> Vec<(String, serde_json::Value, f64)> {
+    require("python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/scrape.py");
+    let mut python = Command::new("/usr/bin/python3");
+    python.arg(script).arg(url);
+    let result = run(python, b"");
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s[0].as_str().unwrap().to_owned(),
+                s[1].clone(),
+                s[2].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn expose_serves_the_agents_metrics() {
+    let relay = Relay::start();
+    let ticker = Ticker::start();
+    let port = ticker.port.to_string();
+    let mut agent = relay.sesame(&[
+        "expose",
+        "--name",
+        "watched",
+        &port,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let line = agent.wait_for(|line| line.trim_start().starts_with("metrics at "));
+    let url = line.trim().trim_start_matches("metrics at ").to_owned();
+    let mut reader = relay.sesame(&["connect", "watched", "--port", &port, "--stdio"]);
+    reader.wait_for(|line| line == "tick 3");
+
+    let samples = scrape(&url);
+    let value = |name: &str, direction: Option<&str>| {
+        samples
+            .iter()
+            .find(|(n, labels, _)| {
+                n == name
+                    && labels["remote"] == "watched"
+                    && direction.is_none_or(|d| labels["direction"] == d)
+            })
+            .unwrap_or_else(|| panic!("no {name} in {samples:?}"))
+            .2
+    };
+    assert_eq!(value("sesame_agent_connected", None), 1.0);
+    assert_eq!(value("sesame_agent_connections_active", None), 1.0);
+    assert_eq!(value("sesame_agent_connections_opened_total", None), 1.0);
+    // "tick 1\ntick 2\ntick 3\n" at least, while the connection is still open.
+    assert!(value("sesame_agent_bytes_total", Some("to_dialers")) >= 21.0);
+    assert!(
+        samples
+            .iter()
+            .any(|(n, _, v)| n == "process_open_fds" && *v > 0.0)
+    );
+}

@@ -1,5 +1,5 @@
-//! `GET /metrics`: the relay's metrics over plain HTTP/1.1, for Prometheus to scrape. Every
-//! other path is `404`; a client gets a few seconds to send its request.
+//! `GET /metrics` over plain HTTP/1.1, for Prometheus to scrape: the relay's metrics, or an
+//! agent's. Every other path is `404`; a client gets a few seconds to send its request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,13 +16,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{CONTENT_TYPE, Metrics};
+use super::CONTENT_TYPE;
 
 /// How long a scraper may take to send its request.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics` on `listener` until `stop`.
-pub(crate) async fn serve(metrics: Arc<Metrics>, listener: TcpListener, stop: CancellationToken) {
+/// Serves `/metrics` on `listener` until `stop`, each scrape answered with what `render`
+/// writes then (in the OpenMetrics text format, [`CONTENT_TYPE`]).
+pub async fn serve_metrics<R>(render: R, listener: TcpListener, stop: CancellationToken)
+where
+    R: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -35,9 +40,9 @@ pub(crate) async fn serve(metrics: Arc<Metrics>, listener: TcpListener, stop: Ca
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         let service = service_fn(move |request| {
-            let answer = answer(&metrics, &request);
+            let answer = answer(&*render, &request);
             async move { Ok::<_, Infallible>(answer) }
         });
         let stop = stop.clone();
@@ -59,9 +64,9 @@ pub(crate) async fn serve(metrics: Arc<Metrics>, listener: TcpListener, stop: Ca
 }
 
 /// The answer to one request.
-fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(render: &dyn Fn() -> String, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, render()),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",

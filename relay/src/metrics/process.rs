@@ -15,15 +15,10 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// The page size `/proc/self/stat` counts resident memory in, where `status` is unreadable.
 const KIB: f64 = 1024.0;
 
-/// Reads the process's figures on each scrape.
-#[derive(Debug, Default)]
-pub(super) struct Process;
-
-impl Process {
-    pub(super) fn new() -> Self {
-        Process
-    }
-}
+/// The process's CPU time, memory, descriptors and start time, read at each scrape: register
+/// it with a [`Registry`](prometheus_client::registry::Registry) whose other metrics it joins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessCollector;
 
 /// What one scrape reads.
 #[derive(Debug, Default, PartialEq)]
@@ -88,7 +83,7 @@ fn read() -> Option<Figures> {
     )
 }
 
-impl Collector for Process {
+impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(figures) = read() else {
             return Ok(());
