@@ -33,9 +33,30 @@ pub(crate) struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How log lines are written to stderr: text for people, or json (one object per line,
+    /// with the fields of the spans it happened in: remote, session, port, client) for log
+    /// collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "SESAME_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which relay a client uses, how it trusts the relay's certificate, and its token: flags and

@@ -1,4 +1,5 @@
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` or `-v`, and kept off the status line.
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` or `-v`, as text or JSON
+//! (`--log-format`), and kept off the status line.
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
@@ -6,6 +7,8 @@ use std::sync::OnceLock;
 use indicatif::ProgressBar;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::args::LogFormat;
 
 /// The live status line, if one is drawn: log lines are written around it.
 static STATUS_LINE: OnceLock<ProgressBar> = OnceLock::new();
@@ -15,8 +18,8 @@ pub(crate) fn attach_status_line(bar: ProgressBar) {
     let _ = STATUS_LINE.set(bar);
 }
 
-/// Installs the subscriber: warnings by default, more with each `-v`.
-pub(crate) fn init(verbosity: u8) {
+/// Installs the subscriber: warnings by default, more with each `-v`, as text or JSON.
+pub(crate) fn init(verbosity: u8, format: LogFormat) {
     let default = match verbosity {
         0 => "warn",
         1 => "info",
@@ -24,6 +27,18 @@ pub(crate) fn init(verbosity: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    if format == LogFormat::Json {
+        // Every event with its time, level, target and the fields of the spans it happened
+        // in, so that a collector can group by remote, session or client.
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(Stderr)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+        return;
+    }
     let color = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -29,7 +29,7 @@ use crate::args::{Cli, Command, RelayCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, cli.log_format);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -266,3 +266,25 @@ fn expose_serves_the_agents_metrics() {
             .any(|(n, _, v)| n == "process_open_fds" && *v > 0.0)
     );
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_fields_of_their_spans() {
+    let mut relay = Relay::start_with("127.0.0.1:0", &["-v", "--log-format", "json"]);
+    let ticker = Ticker::start();
+    let _agent = relay.expose("logged", &[&ticker.port.to_string()]);
+    let line = relay
+        .proc
+        .wait_for_on(Stream::Stderr, |line| line.contains("remote connected"));
+    let event: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {line}"));
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert_eq!(event["fields"]["message"], "remote connected", "{event}");
+    assert!(event["fields"]["peer"].as_str().is_some(), "{event}");
+    let spans = event["spans"].as_array().expect("the spans it happened in");
+    assert!(
+        spans
+            .iter()
+            .any(|span| span["remote"] == "logged" && span["session"].is_string()),
+        "{event}"
+    );
+}
