@@ -43,10 +43,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", report::one_line(&error));
-            if let Some(hint) = report::hint(&error) {
-                eprintln!("hint: {hint}");
-            }
+            eprint!("{}", report::report(&error));
             ExitCode::FAILURE
         }
     }

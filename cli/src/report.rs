@@ -1,9 +1,63 @@
-//! How errors reach the user: one lowercase line, and a `hint:` line where one helps.
+//! How errors reach the user: one lowercase line, and a `hint:` line where one helps; and for
+//! a relay certificate that is not trusted, what ssh says of a host key: the fingerprints, and
+//! what to do.
 
 use std::io;
 
-use sesame_tunnel::Error;
 use sesame_tunnel::tonic::Code;
+use sesame_tunnel::{CertificateRefusal, Error, certificate_refusal};
+
+/// What to print on stderr for `error`, ending with a newline.
+pub(crate) fn report(error: &anyhow::Error) -> String {
+    if let Some(refusal) = certificate_refusal(error.as_ref()) {
+        return refused_certificate(refusal, relay_of(error).as_deref());
+    }
+    let mut text = format!("error: {}\n", one_line(error));
+    if let Some(hint) = hint(error) {
+        text.push_str(&format!("hint: {hint}\n"));
+    }
+    text
+}
+
+/// The relay an error is about, if it names one.
+fn relay_of(error: &anyhow::Error) -> Option<String> {
+    error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<Error>()? {
+            Error::RelayUnreachable { relay, .. } | Error::RelayIo { relay, .. } => {
+                Some(relay.clone())
+            }
+            _ => None,
+        })
+}
+
+/// The report of a refused relay certificate: what was presented, what was trusted, and how
+/// to trust the right one.
+fn refused_certificate(refusal: &CertificateRefusal, relay: Option<&str>) -> String {
+    let url = relay.unwrap_or("RELAY_URL");
+    match refusal {
+        CertificateRefusal::Untrusted { presented, why } => format!(
+            "error: the relay at {url} is not trusted here: its certificate {why}\n\
+             \x20 its SHA-256 fingerprint: {presented}\n\
+             hint: check that fingerprint with the relay's operator (`sesame relay serve` \
+             prints it at every start); if it is theirs, pin it:\n\
+             \x20 sesame login {url} --fingerprint {presented}\n\
+             \x20 (or pass --fingerprint {presented} to this command)\n"
+        ),
+        CertificateRefusal::Changed { pinned, presented } => format!(
+            "error: THE RELAY'S CERTIFICATE HAS CHANGED\n\
+             \x20 relay:     {url}\n\
+             \x20 pinned:    {pinned}\n\
+             \x20 presented: {presented}\n\
+             Someone may be intercepting the connection, or the relay's certificate was \
+             replaced (a new data directory, a new certificate). Nothing was sent to it.\n\
+             hint: ask the relay's operator for its fingerprint; only if it is the presented \
+             one, log in again:\n\
+             \x20 sesame login {url} --fingerprint {presented}\n"
+        ),
+        _ => format!("error: cannot trust the relay at {url}: {refusal}\n"),
+    }
+}
 
 /// Whether a connection failed over the relay's certificate.
 fn mentions_certificate(error: &Error) -> bool {
@@ -40,8 +94,8 @@ pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
             return match error {
                 Error::Status(status) => status_hint(status.code()),
                 Error::RelayUnreachable { .. } if mentions_certificate(error) => Some(
-                    "the relay's certificate is not the one trusted: check --fingerprint or \
-                     --ca, and if it changed on purpose, log in again with `sesame login`",
+                    "the relay's certificate is not trusted: check --fingerprint or --ca, and \
+                     if it changed on purpose, log in again with `sesame login`",
                 ),
                 Error::BadTrust { .. } => Some(
                     "pass --fingerprint with the fingerprint the relay printed at start, or \
@@ -107,6 +161,42 @@ mod tests {
         let error = anyhow::Error::from(Error::RemoteNotFound { name: "pi".into() });
         assert_eq!(one_line(&error), r#"no remote named "pi""#);
         assert!(hint(&error).unwrap().contains("sesame ls"));
+    }
+
+    #[test]
+    fn refused_certificates_show_the_fingerprints_and_what_to_do() {
+        let pinned = sesame_tunnel::Fingerprint::of(b"pinned");
+        let presented = sesame_tunnel::Fingerprint::of(b"presented");
+        let url = "https://relay.example:7373";
+        let changed = CertificateRefusal::Changed { pinned, presented };
+        let text = refused_certificate(&changed, Some(url));
+        assert!(
+            text.starts_with("error: THE RELAY'S CERTIFICATE HAS CHANGED\n"),
+            "{text}"
+        );
+        for part in [
+            format!("pinned:    {pinned}"),
+            format!("presented: {presented}"),
+            format!("sesame login {url} --fingerprint {presented}"),
+        ] {
+            assert!(text.contains(&part), "{part} in\n{text}");
+        }
+        let why = "is not signed by an authority trusted here";
+        let untrusted = CertificateRefusal::Untrusted { presented, why };
+        let text = refused_certificate(&untrusted, Some(url));
+        assert!(text.contains(&format!("its certificate {why}")), "{text}");
+        assert!(
+            text.contains(&format!("--fingerprint {presented}")),
+            "{text}"
+        );
+        for library in [
+            "unknownIssuer",
+            "UnknownIssuer",
+            "InvalidCertificate",
+            "start one",
+        ] {
+            assert!(!text.contains(library), "{text}");
+        }
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub use ticket::SessionId;
 #[doc(hidden)]
 pub use ticket::{AgentKey, Ticket};
 pub use transport::{
-    DEFAULT_PORT, DEFAULT_RELAY, Fingerprint, Presented, RelayAccess, RelayChannel, RelayUrl,
-    Token, Trust,
+    CertificateRefusal, DEFAULT_PORT, DEFAULT_RELAY, Fingerprint, Presented, RelayAccess,
+    RelayChannel, RelayUrl, Token, Trust, certificate_refusal,
 };
 
 /// Re-exported so that users of this crate name the same tonic and proto types.

@@ -530,10 +530,10 @@ fn login_with_a_ca_keeps_the_authority_not_the_file() {
     let impostor = Relay::start_with(&addr, &["--tls-cert", &their_cert, "--tls-key", &their_key]);
     let stderr = fails(
         &with_config(&config, &["ls"], &keyring_off),
-        "the relay's certificate is not signed by an authority trusted here",
+        "is not trusted here: its certificate is not signed by an authority trusted here",
     );
     assert!(
-        stderr.contains("hint: the relay's certificate is not the one trusted"),
+        stderr.contains("its SHA-256 fingerprint: ") && stderr.contains("hint: check that"),
         "{stderr}"
     );
 
@@ -541,4 +541,56 @@ fn login_with_a_ca_keeps_the_authority_not_the_file() {
     let explicit = ["--ca", &ca, "--token", &impostor.token, "ls"];
     let stdout = succeeds(&with_config(&config, &explicit, &keyring_off));
     assert!(stdout.contains("no remotes"), "{stdout}");
+}
+
+#[test]
+fn an_untrusted_or_changed_relay_certificate_is_explained_as_ssh_does() {
+    let relay = Relay::start();
+    let config = scratch_dir();
+    let url = relay.url.as_str();
+    let token = relay.token.as_str();
+
+    // First contact, nothing pinned: the fingerprint, and how to pin it once checked.
+    let output = with_config(&config, &["--relay", url, "--token", token, "ls"], &[]);
+    let stderr = fails(&output, &format!("the relay at {url} is not trusted here"));
+    assert!(
+        stderr.contains(&format!("its SHA-256 fingerprint: {}", relay.fingerprint)),
+        "{stderr}"
+    );
+    let pin = format!("sesame login {url} --fingerprint {}", relay.fingerprint);
+    assert!(stderr.contains(&pin), "{stderr}");
+
+    // A pin that does not match: loud, with both fingerprints.
+    let wrong = "AB:".repeat(31) + "AB";
+    let args = [
+        "--relay",
+        url,
+        "--token",
+        token,
+        "--fingerprint",
+        &wrong,
+        "ls",
+    ];
+    let stderr = fails(
+        &with_config(&config, &args, &[]),
+        "THE RELAY'S CERTIFICATE HAS CHANGED",
+    );
+    for part in [
+        format!("pinned:    {wrong}"),
+        format!("presented: {}", relay.fingerprint),
+        pin,
+    ] {
+        assert!(stderr.contains(&part), "{part} in {stderr}");
+    }
+    // Never the TLS library's names, nor a hint that does not fit.
+    for stderr in [&stderr, &text(&output.stderr)] {
+        for wrong in [
+            "unknownIssuer",
+            "UnknownIssuer",
+            "InvalidCertificate",
+            "start one",
+        ] {
+            assert!(!stderr.contains(wrong), "{wrong} in {stderr}");
+        }
+    }
 }

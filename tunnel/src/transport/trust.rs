@@ -14,6 +14,8 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
+use super::refusal::CertificateRefusal;
+
 /// The SHA-256 digest of a certificate (DER), the form relays print and clients pin.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
@@ -169,7 +171,7 @@ impl ServerCertVerifier for AuthorityVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.0
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map_err(in_plain_words)
+            .map_err(|error| in_plain_words(error, end_entity))
     }
 
     fn verify_tls12_signature(
@@ -195,9 +197,9 @@ impl ServerCertVerifier for AuthorityVerifier {
     }
 }
 
-/// The common reasons a relay's certificate is refused, as a phrase without `: ` in it, so that
-/// an error's last part says it whole.
-fn in_plain_words(error: rustls::Error) -> rustls::Error {
+/// The common reasons a relay's certificate is refused, in plain words and with its
+/// fingerprint ([`CertificateRefusal::Untrusted`]); other errors as they are.
+fn in_plain_words(error: rustls::Error, certificate: &CertificateDer<'_>) -> rustls::Error {
     let rustls::Error::InvalidCertificate(reason) = &error else {
         return error;
     };
@@ -213,14 +215,16 @@ fn in_plain_words(error: rustls::Error) -> rustls::Error {
         CertificateError::Revoked => "is revoked",
         _ => return error,
     };
-    rustls::Error::General(format!("the relay's certificate {why}"))
+    let presented = Fingerprint::of(certificate);
+    CertificateRefusal::Untrusted { presented, why }.into_tls_error()
 }
 
 /// Why a certificate was refused, as one phrase: a message of this module's own as it is,
-/// without rustls's `unexpected error: ` before it.
+/// without rustls's `unexpected error: ` or `invalid peer certificate: ` before it.
 fn refusal(error: &rustls::Error) -> String {
     match error {
         rustls::Error::General(message) => message.clone(),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.0.to_string(),
         other => other.to_string(),
     }
 }
@@ -273,10 +277,7 @@ impl ServerCertVerifier for PinnedVerifier {
         let presented = Fingerprint::of(end_entity);
         match self.pinned {
             Some(pinned) if pinned == presented => Ok(ServerCertVerified::assertion()),
-            Some(pinned) => Err(rustls::Error::General(format!(
-                "the relay's certificate has fingerprint {presented}, not the trusted {pinned} \
-                 (it changed, or this is not your relay)",
-            ))),
+            Some(pinned) => Err(CertificateRefusal::Changed { pinned, presented }.into_tls_error()),
             None => Err(rustls::Error::General(
                 "this system has no certificate authorities".to_owned(),
             )),
@@ -436,15 +437,20 @@ mod tests {
 
     #[test]
     fn refused_certificates_are_explained_in_plain_words() {
-        let refused = in_plain_words(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        ));
+        let certificate = CertificateDer::from(b"a certificate".to_vec());
+        let presented = Fingerprint::of(&certificate);
+        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let refused = in_plain_words(unknown, &certificate);
         assert_eq!(
             refusal(&refused),
-            "the relay's certificate is not signed by an authority trusted here"
+            format!(
+                "the relay's certificate is not signed by an authority trusted here (its \
+                 SHA-256 fingerprint is {presented})"
+            )
         );
         let other = rustls::Error::InvalidCertificate(CertificateError::BadSignature);
-        assert_eq!(refusal(&in_plain_words(other.clone())), other.to_string());
+        let kept = in_plain_words(other.clone(), &certificate);
+        assert_eq!(refusal(&kept), other.to_string());
     }
 
     #[test]
