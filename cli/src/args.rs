@@ -112,6 +112,18 @@ pub(crate) enum Command {
     Login(LoginArgs),
     /// Forget what `login` stored for a relay.
     Logout(LogoutArgs),
+    /// Print a completion script for a shell: `sesame completions bash > /etc/bash_completion.d/sesame`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `sesame man | man -l -`.
+    Man,
+}
+
+/// `sesame completions`
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `sesame login`
@@ -166,6 +178,10 @@ pub(crate) struct TokenCreateArgs {
     /// How long the token is valid (`30d`, `12h`); for ever unless given.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub expires: Option<Duration>,
+
+    /// Print JSON (the token, with its secret) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sesame relay token ls`
@@ -182,6 +198,10 @@ pub(crate) struct TokenRevokeArgs {
     /// The token's id (the 8 hex digits after `sesame_`, as `relay token ls` shows).
     #[arg(value_name = "ID")]
     pub id: String,
+
+    /// Print JSON (the revoked token) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sesame relay serve`

@@ -74,5 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => commands::ls::run(access()?, args).await,
         Command::Login(args) => commands::login::login(&client, args).await,
         Command::Logout(args) => commands::login::logout(&client, args),
+        Command::Completions(args) => commands::manual::completions(args.shell),
+        Command::Man => commands::manual::man(),
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod connect;
 pub(crate) mod expose;
 pub(crate) mod login;
 pub(crate) mod ls;
+pub(crate) mod manual;
 pub(crate) mod relay;
 pub(crate) mod token;
 

@@ -43,6 +43,10 @@ pub(crate) async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::R
                 .map_err(Error::from_status)?
                 .into_inner();
             let row = TokenRow::new(token);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&row)?);
+                return Ok(());
+            }
             println!(
                 "revoked token {} ({}): its sessions and connections are ending",
                 row.id,
@@ -76,6 +80,21 @@ async fn create(
         .map_err(Error::from_status)?
         .into_inner();
     let row = TokenRow::new(created.token.unwrap_or_default());
+    if args.json {
+        /// A token just created, with the secret that is shown only now.
+        #[derive(Serialize)]
+        struct Created<'a> {
+            #[serde(flatten)]
+            token: &'a TokenRow,
+            secret: &'a str,
+        }
+        let created = Created {
+            token: &row,
+            secret: &created.secret,
+        };
+        println!("{}", serde_json::to_string_pretty(&created)?);
+        return Ok(());
+    }
     println!(
         "created token {} with scopes {}",
         row.id,

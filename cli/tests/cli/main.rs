@@ -2,6 +2,7 @@
 //! reached by real clients (curl) and serving a real server (python3's http.server).
 
 mod bad_input;
+mod conventions;
 mod end_to_end;
 mod endpoints;
 mod lifecycle;
