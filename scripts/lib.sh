@@ -29,3 +29,15 @@ need_python_modules() {
   done
   install_packages "${missing[@]}"
 }
+
+# Prints the first line of FILE matching PATTERN as the process PID writes it, waiting up to
+# 30 s (and no longer than PID lives); fails, showing FILE, if none comes:
+# `wait_line FILE PATTERN PID`.
+wait_line() {
+  local file=$1 pattern=$2 pid=$3
+  touch "$file"
+  grep -m1 -E "$pattern" <(timeout 30 tail -n +1 --pid="$pid" -f "$file") && return 0
+  echo "${0##*/}: timed out waiting for '$pattern' in $file" >&2
+  cat "$file" "${file%.out}.err" >&2 2>/dev/null || true
+  exit 1
+}

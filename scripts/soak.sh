@@ -80,14 +80,6 @@ trap cleanup EXIT
 trap 'status=130; exit 130' INT TERM
 
 # Prints the first line of FILE matching PATTERN, waiting up to 30 s for PID to write it.
-wait_line() {
-  local file=$1 pattern=$2 pid=$3
-  touch "$file"
-  grep -m1 -E "$pattern" <(timeout 30 tail -n +1 --pid="$pid" -f "$file") && return 0
-  echo "soak: timed out waiting for '$pattern' in $file" >&2
-  cat "$file" "${file%.out}.err" >&2 2>/dev/null || true
-  exit 1
-}
 
 python3 -u scripts/soak.py echo > "$work/echo.out" 2> "$work/echo.err" & pids+=($!)
 echo_port=$(wait_line "$work/echo.out" '^echo listening on ' $! | sed -E 's/.*:([0-9]+)$/\1/')

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and every test of the workspace, then the NAT test in network namespaces
-# (where it can make them) and a 60 s soak. Installs what the tests need when it is missing:
-# curl, python3, kill and the Python modules websockets, grpc, protobuf and prometheus_client
-# (Debian packages), buf (npm's @bufbuild/buf, into target/tools); the NAT test installs its
-# own.
+# (where it can make them), a 60 s soak, and the two ways of installing
+# (scripts/install-check.sh). Installs what the tests need when it is missing: curl, python3,
+# kill and the Python modules websockets, grpc, protobuf and prometheus_client (Debian
+# packages), buf (npm's @bufbuild/buf, into target/tools); the NAT test and the install check
+# install their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -25,3 +26,5 @@ echo "== NAT test in network namespaces" >&2
 SESAME_BIN=target/debug/sesame scripts/test-nat.sh
 echo "== soak: connections churned for 60 s, then leaks checked" >&2
 SESAME_BIN=target/debug/sesame scripts/soak.sh --duration 60
+echo "== installing: cargo install, and a statically linked build" >&2
+scripts/install-check.sh
