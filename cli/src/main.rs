@@ -15,6 +15,7 @@ mod commands;
 mod credentials;
 mod diagnostics;
 mod logging;
+mod output;
 mod relay_limits;
 mod report;
 mod spec;
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `sesame ls | head -1`: the reader has what it wanted.
+        Err(error) if output::reader_gone(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprint!("{}", report::report(&error));
             ExitCode::FAILURE

@@ -70,11 +70,26 @@ pub(crate) fn one_line(error: &anyhow::Error) -> String {
     sesame_tunnel::one_line(error.as_ref())
 }
 
-/// What to do about a refusal, by its code.
-fn status_hint(code: Code) -> Option<&'static str> {
+/// What to do about a refusal, by its code and what the relay said.
+fn status_hint(code: Code, message: &str) -> Option<&'static str> {
     match code {
+        // A token was given, and it is no good: logging in with it again will not help.
+        Code::Unauthenticated
+            if ["revoked", "expired", "not valid"]
+                .iter()
+                .any(|why| message.contains(why)) =>
+        {
+            Some(
+                "ask the relay's administrator for a new token, then log in with it: \
+                 `sesame login RELAY_URL --token TOKEN`",
+            )
+        }
         Code::Unauthenticated => Some(
             "log in with `sesame login RELAY_URL`, or pass --token (or SESAME_TOKEN) with a valid token",
+        ),
+        Code::PermissionDenied if message.contains("belongs to another token") => Some(
+            "choose another name with --name: a name stays with the token that registered it \
+             until that token is revoked or expires",
         ),
         Code::PermissionDenied => Some(
             "ask the relay's administrator for a token with that scope \
@@ -84,15 +99,36 @@ fn status_hint(code: Code) -> Option<&'static str> {
     }
 }
 
+/// What to do when the relay cannot be reached, by why.
+fn unreachable_hint(error: &Error) -> &'static str {
+    let mut kinds = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .filter_map(|cause| cause.downcast_ref::<io::Error>());
+    let cause = sesame_tunnel::one_line(error).to_lowercase();
+    if kinds.any(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+        || cause.ends_with("connection refused")
+    {
+        return "start one with `sesame relay serve`, or point --relay (or SESAME_RELAY) at yours";
+    }
+    if cause.contains("lookup") || cause.contains("name or service not known") {
+        return "check the relay's address (--relay, SESAME_RELAY, or what `sesame login` stored)";
+    }
+    if cause.contains("timed out") || cause.contains("deadline") {
+        return "check that the relay runs and that no firewall drops connections to its port";
+    }
+    "check the relay's address and port, and that a relay serves there"
+}
+
 /// What the user might do about `error`, if there is something to suggest.
 pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
         if let Some(status) = cause.downcast_ref::<sesame_tunnel::tonic::Status>() {
-            return status_hint(status.code());
+            return status_hint(status.code(), status.message());
         }
         if let Some(error) = cause.downcast_ref::<Error>() {
             return match error {
-                Error::Status(status) => status_hint(status.code()),
+                Error::Status(status) => status_hint(status.code(), status.message()),
                 Error::RelayUnreachable { .. } if mentions_certificate(error) => Some(
                     "the relay's certificate is not trusted: check --fingerprint or --ca, and \
                      if it changed on purpose, log in again with `sesame login`",
@@ -114,9 +150,9 @@ pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
                 Error::NameInUse { .. } => {
                     Some("choose another name with --name, or stop the agent that holds this one")
                 }
-                Error::RelayUnreachable { .. } => Some(
-                    "start one with `sesame relay serve`, or point --relay (or SESAME_RELAY) at yours",
-                ),
+                Error::RelayUnreachable { .. } | Error::RelayIo { .. } => {
+                    Some(unreachable_hint(error))
+                }
                 Error::TargetRefused { .. } => {
                     Some("is the service behind that port running on the remote's side?")
                 }
@@ -129,7 +165,7 @@ pub(crate) fn hint(error: &anyhow::Error) -> Option<&'static str> {
         if let Some(error) = cause.downcast_ref::<io::Error>()
             && error.kind() == io::ErrorKind::AddrInUse
         {
-            return Some("another program uses that address; pick another with --listen");
+            return Some("another program uses that address: pick another");
         }
     }
     None
@@ -152,7 +188,7 @@ mod tests {
         );
         assert_eq!(
             hint(&error),
-            Some("another program uses that address; pick another with --listen")
+            Some("another program uses that address: pick another")
         );
     }
 

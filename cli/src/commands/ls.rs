@@ -46,7 +46,7 @@ impl RemoteRow {
             connect_time: remote
                 .connect_time
                 .and_then(|t| SystemTime::try_from(t).ok())
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                .map(super::token::rfc3339),
             agent_version: remote.agent_version,
         }
     }
@@ -76,11 +76,13 @@ pub(crate) async fn run(access: RelayAccess, args: LsArgs) -> anyhow::Result<()>
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::output::line(&serde_json::to_string_pretty(&rows)?)?;
     } else if rows.is_empty() {
-        println!("no remotes are connected to {relay}, or none this token may see");
+        crate::output::line(&format!(
+            "no remotes are connected to {relay}, or none this token may see"
+        ))?;
     } else {
-        print!("{}", table(&rows, SystemTime::now()));
+        crate::output::print(table(&rows, SystemTime::now()))?;
     }
     Ok(())
 }

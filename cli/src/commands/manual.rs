@@ -1,8 +1,6 @@
 //! `sesame completions SHELL` and `sesame man`: what a shell and `man` read, made from the
 //! command line's own definition so that they never drift from it.
 
-use std::io::{self, Write};
-
 use clap::CommandFactory;
 use clap_complete::Shell;
 
@@ -15,8 +13,7 @@ pub(crate) fn completions(shell: Shell) -> anyhow::Result<()> {
     // Written whole at the end: generating straight to stdout panics on a closed pipe.
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, name, &mut script);
-    io::stdout().write_all(&script)?;
-    Ok(())
+    crate::output::print(script)
 }
 
 /// Writes the manual page, in roff, to stdout: the command, every subcommand and flag, and
@@ -32,8 +29,7 @@ pub(crate) fn man() -> anyhow::Result<()> {
             .title(title)
             .render(&mut page)?;
     }
-    io::stdout().write_all(&page)?;
-    Ok(())
+    crate::output::print(page)
 }
 
 /// The exit codes, as the manual states them.

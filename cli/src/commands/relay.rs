@@ -40,6 +40,19 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
     // not make one and then fail to start.
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    // Every listener is bound before the token store is made, for the same reason.
+    let http_listener = match (&args.domain, args.http_listen) {
+        (Some(_), Some(http)) => Some(bind(http).await?),
+        _ => None,
+    };
+    let https_listener = match (&args.domain, args.https_listen) {
+        (Some(_), Some(https)) => Some(bind(https).await?),
+        _ => None,
+    };
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let certificate = if args.insecure_plaintext {
         None
     } else {
@@ -86,13 +99,11 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
     if let Some(domain) = &args.domain {
         relay = relay.domain(domain.clone());
         let domain = relay_domain(domain);
-        if let Some(http) = args.http_listen {
-            let listener = bind(http).await?;
+        if let Some(listener) = http_listener {
             println!("serving http://*.{domain} on {}", listener.local_addr()?);
             relay = relay.http_listener(listener);
         }
-        if let (Some(https), Some((certificate, _))) = (args.https_listen, &certificate) {
-            let listener = bind(https).await?;
+        if let (Some(listener), Some((certificate, _))) = (https_listener, &certificate) {
             println!(
                 "serving https://*.{domain} on {} (certificate SHA-256 {})",
                 listener.local_addr()?,
@@ -119,8 +130,7 @@ pub(crate) async fn serve(args: ServeArgs, transport: TransportSettings) -> anyh
             public_host,
         });
     }
-    if let Some(addr) = args.metrics_listen {
-        let listener = bind(addr).await?;
+    if let Some(listener) = metrics_listener {
         println!("metrics at http://{}/metrics", listener.local_addr()?);
         relay = relay.metrics_listener(listener);
     }

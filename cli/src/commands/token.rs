@@ -27,9 +27,9 @@ pub(crate) async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::R
                 .tokens;
             let rows: Vec<TokenRow> = list.into_iter().map(TokenRow::new).collect();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                crate::output::line(&serde_json::to_string_pretty(&rows)?)?;
             } else {
-                print!("{}", table(&rows, SystemTime::now()));
+                crate::output::print(table(&rows, SystemTime::now()))?;
             }
             Ok(())
         }
@@ -44,10 +44,10 @@ pub(crate) async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::R
                 .into_inner();
             let row = TokenRow::new(token);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&row)?);
+                crate::output::line(&serde_json::to_string_pretty(&row)?)?;
                 return Ok(());
             }
-            println!(
+            crate::output::line(&format!(
                 "revoked token {} ({}): its sessions and connections are ending",
                 row.id,
                 if row.label.is_empty() {
@@ -55,7 +55,7 @@ pub(crate) async fn run(access: RelayAccess, command: TokenCommand) -> anyhow::R
                 } else {
                     &row.label
                 }
-            );
+            ))?;
             Ok(())
         }
     }
@@ -65,6 +65,9 @@ async fn create(
     tokens: &mut TokenServiceClient<RelayChannel>,
     args: TokenCreateArgs,
 ) -> anyhow::Result<()> {
+    if let Some(expires) = args.expires {
+        check_expiry(SystemTime::now(), expires)?;
+    }
     let ttl = args
         .expires
         .map(prost_types::Duration::try_from)
@@ -92,24 +95,43 @@ async fn create(
             token: &row,
             secret: &created.secret,
         };
-        println!("{}", serde_json::to_string_pretty(&created)?);
+        crate::output::line(&serde_json::to_string_pretty(&created)?)?;
         return Ok(());
     }
-    println!(
+    crate::output::line(&format!(
         "created token {} with scopes {}",
         row.id,
         row.scopes.join(", ")
-    );
+    ))?;
     if let Some(expires) = row.expires {
-        println!(
-            "it expires at {}",
-            humantime::format_rfc3339_seconds(expires)
-        );
+        crate::output::line(&format!("it expires at {}", rfc3339(expires)))?;
     }
-    println!("it is shown only now:");
-    println!("  {}", created.secret);
-    println!("use it with: sesame login RELAY_URL --token TOKEN, or SESAME_TOKEN");
+    crate::output::line("it is shown only now:")?;
+    crate::output::line(&format!("  {}", created.secret))?;
+    crate::output::line("use it with: sesame login RELAY_URL --token TOKEN, or SESAME_TOKEN")?;
     Ok(())
+}
+
+/// The last moment a token may expire: the end of year 9999, the last time RFC 3339 (and so
+/// every listing of tokens) can write.
+const LAST_EXPIRY_UNIX: u64 = 253_402_300_799;
+
+/// Refuses an expiry `ttl` after `now` that is not a moment ahead that listings can write.
+fn check_expiry(now: SystemTime, ttl: Duration) -> anyhow::Result<()> {
+    if ttl.is_zero() {
+        anyhow::bail!("--expires must be longer than 0s");
+    }
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_EXPIRY_UNIX);
+    if now.checked_add(ttl).is_none_or(|at| at > last) {
+        anyhow::bail!("--expires is too long: a token can expire on 9999-12-31 at the latest");
+    }
+    Ok(())
+}
+
+/// `time` in RFC 3339, or, for a moment it cannot write (after year 9999), the last one it can.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_EXPIRY_UNIX);
+    humantime::format_rfc3339_seconds(time.min(last)).to_string()
 }
 
 /// A token as `ls` prints it.
@@ -137,9 +159,7 @@ mod humantime_serde_opt {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match time {
-            Some(time) => {
-                serializer.serialize_some(&humantime::format_rfc3339_seconds(*time).to_string())
-            }
+            Some(time) => serializer.serialize_some(&super::rfc3339(*time)),
             None => serializer.serialize_none(),
         }
     }

@@ -187,3 +187,56 @@ fn a_port_given_twice_is_refused_before_connecting() {
     ]);
     assert_fails(&output, "port 22 is given twice");
 }
+
+#[test]
+fn every_way_of_not_reaching_a_relay_gets_a_hint_that_fits() {
+    // A port where nothing speaks TLS: neither a relay to start nor a raw library name.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answering = std::thread::spawn(move || {
+        // Answers the first connection as a plain HTTP server would, then stops.
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut request = [0; 512];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let output = sesame_run(&["--relay", &format!("https://{addr}"), "ls"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("start one"), "{stderr}");
+    answering.join().unwrap();
+
+    // A token the relay does not know: a new one is needed, not another login with it.
+    let relay = Relay::start();
+    let mut command = relay.command_with("sesame_0123abcd_00112233445566778899aabbccddeeff");
+    command.arg("ls");
+    let output = run(command, b"");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("the token is not valid"), "{stderr}");
+    assert!(
+        stderr.contains("hint: ask the relay's administrator for a new token"),
+        "{stderr}"
+    );
+
+    // Names in messages read as names, never as Rust values.
+    let narrow = relay.create_token(&["expose:mine"]);
+    let mut command = relay.command_with(&narrow);
+    command.args(["expose", "--name", "theirs", "9"]);
+    let output = run(command, b"");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(r#"this token may not expose "theirs""#),
+        "{stderr}"
+    );
+    for internal in [
+        "RemoteName(",
+        "os error",
+        "docs.rs",
+        "http2 error",
+        "transport error",
+    ] {
+        assert!(!stderr.contains(internal), "{internal} in {stderr}");
+    }
+}

@@ -99,3 +99,65 @@ fn token_commands_print_json_when_asked() {
     assert_eq!(revoked["id"], id);
     assert!(revoked["revoked"].is_string(), "{revoked}");
 }
+
+#[test]
+fn output_to_a_closed_or_full_stdout_ends_cleanly() {
+    require("bash");
+    // The reader of a pipe stops early: no panic, and success.
+    let mut piped = Command::new("bash");
+    let sesame = env!("CARGO_BIN_EXE_sesame");
+    piped.arg("-c").arg(format!(
+        "set -o pipefail; {sesame} completions bash | head -c 10 > /dev/null"
+    ));
+    let output = run(piped, b"");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        !text(&output.stderr).contains("panicked"),
+        "{}",
+        text(&output.stderr)
+    );
+    // A full disk is an error that says so.
+    let mut full = Command::new("bash");
+    full.arg("-c").arg(format!("{sesame} man > /dev/full"));
+    let output = run(full, b"");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with("error: cannot write to standard output: no space left"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_expiry_beyond_what_can_be_written_is_refused_before_any_token_is_made() {
+    let relay = Relay::start();
+    for (expires, refusal) in [
+        ("9000y", "a token can expire on 9999-12-31 at the latest"),
+        ("0s", "--expires must be longer than 0s"),
+    ] {
+        let args = [
+            "relay",
+            "token",
+            "create",
+            "--scope",
+            "connect:*",
+            "--expires",
+            expires,
+        ];
+        let output = relay.run(&args, b"");
+        assert_eq!(output.status.code(), Some(1), "{expires}");
+        assert!(
+            text(&output.stderr).contains(refusal),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+    let listed = relay.run(&["relay", "token", "ls", "--json"], b"");
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let tokens: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        tokens.as_array().unwrap().len(),
+        1,
+        "only the admin token: {tokens}"
+    );
+}

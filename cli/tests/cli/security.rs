@@ -72,7 +72,10 @@ fn login_checks_the_certificate_and_token_stores_them_and_logout_forgets() {
         &[],
     );
     let stderr = fails(&output, "the token is not valid");
-    assert!(stderr.contains("hint: log in"), "{stderr}");
+    assert!(
+        stderr.contains("hint: ask the relay's administrator for a new token"),
+        "{stderr}"
+    );
     assert!(
         !config.join("config.json").exists(),
         "a failed login stores nothing"

@@ -84,8 +84,14 @@ impl Caller {
             return Ok(());
         }
         let (needed, what) = match action {
-            Action::Register(name) => (format!("expose:{name}"), format!("expose {name:?}")),
-            Action::Dial(name) => (format!("connect:{name}"), format!("connect to {name:?}")),
+            Action::Register(name) => (
+                format!("expose:{name}"),
+                format!("expose {:?}", name.as_str()),
+            ),
+            Action::Dial(name) => (
+                format!("connect:{name}"),
+                format!("connect to {:?}", name.as_str()),
+            ),
             Action::Admin => ("admin".to_owned(), "manage tokens".to_owned()),
         };
         Err(Status::permission_denied(format!(
