@@ -36,6 +36,26 @@ fn relay_of(error: &anyhow::Error) -> Option<String> {
 fn refused_certificate(refusal: &CertificateRefusal, relay: Option<&str>) -> String {
     let url = relay.unwrap_or("RELAY_URL");
     match refusal {
+        // Pinning would not fix these: the certificate itself, or the clock, is wrong.
+        CertificateRefusal::Untrusted { presented, why }
+            if why.contains("expired") || why.contains("not valid yet") =>
+        {
+            format!(
+                "error: the relay at {url} is not trusted here: its certificate {why}\n\
+                 \x20 its SHA-256 fingerprint: {presented}\n\
+                 hint: the relay's operator must renew its certificate (or check this \
+                 machine's clock)\n"
+            )
+        }
+        CertificateRefusal::Untrusted { presented, why } if why.contains("does not name") => {
+            format!(
+                "error: the relay at {url} is not trusted here: its certificate {why}\n\
+                 \x20 its SHA-256 fingerprint: {presented}\n\
+                 hint: reach the relay by a name its certificate holds, or pin this \
+                 certificate after checking it with the relay's operator: \
+                 --fingerprint {presented}\n"
+            )
+        }
         CertificateRefusal::Untrusted { presented, why } => format!(
             "error: the relay at {url} is not trusted here: its certificate {why}\n\
              \x20 its SHA-256 fingerprint: {presented}\n\
@@ -233,6 +253,13 @@ mod tests {
         ] {
             assert!(!text.contains(library), "{text}");
         }
+        let expired = CertificateRefusal::Untrusted {
+            presented,
+            why: "has expired",
+        };
+        let text = refused_certificate(&expired, Some(url));
+        assert!(text.contains("must renew its certificate"), "{text}");
+        assert!(!text.contains("sesame login"), "pinning is no fix: {text}");
     }
 
     #[test]
