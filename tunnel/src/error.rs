@@ -416,8 +416,25 @@ fn root_cause<'a>(
     root
 }
 
-/// The last part of a nested message (`a: b: cause`) as a short phrase.
+/// What the libraries below say, for the few messages whose words mean nothing to a user of
+/// Sesame, in words that do.
+const PLAIN_WORDS: [(&str, &str); 3] = [
+    ("deadline has elapsed", "no answer in time"),
+    (
+        "received corrupt message of type InvalidContentType",
+        "the server there does not speak TLS",
+    ),
+    (
+        "peer closed connection without sending TLS close_notify",
+        "the relay closed the connection (it stopped, or something between cut it)",
+    ),
+];
+
+/// The last part of a nested message (`a: b: cause`) as a short phrase, in plain words.
 fn short_cause(cause: &str) -> String {
+    if let Some((_, plain)) = PLAIN_WORDS.iter().find(|(said, _)| cause.contains(said)) {
+        return (*plain).to_owned();
+    }
     short_phrase(cause.rsplit(": ").next().unwrap_or(cause))
 }
 
@@ -556,6 +573,21 @@ mod tests {
         assert_eq!(io_reason(&refused), "connection refused");
         let custom = io::Error::other("Timed out");
         assert_eq!(io_reason(&custom), "timed out");
+    }
+
+    #[test]
+    fn library_phrases_read_in_plain_words() {
+        let eof = io::Error::other(
+            "peer closed connection without sending TLS close_notify: \
+             https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let said = root_cause_phrase(&eof);
+        assert!(
+            said.starts_with("the relay closed the connection"),
+            "{said}"
+        );
+        let late = io::Error::other("deadline has elapsed");
+        assert_eq!(root_cause_phrase(&late), "no answer in time");
     }
 
     #[test]
