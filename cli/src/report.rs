@@ -12,11 +12,33 @@ pub(crate) fn report(error: &anyhow::Error) -> String {
     if let Some(refusal) = certificate_refusal(error.as_ref()) {
         return refused_certificate(refusal, relay_of(error).as_deref());
     }
+    if broke_below_grpc(error) {
+        return "error: the relay did not answer as a Sesame relay: the connection broke before \
+                any answer came\n\
+                hint: a relay serves TLS unless started with --insecure-plaintext: if the \
+                address is http://, try https://; otherwise check its address and port\n"
+            .to_owned();
+    }
     let mut text = format!("error: {}\n", one_line(error));
     if let Some(hint) = hint(error) {
         text.push_str(&format!("hint: {hint}\n"));
     }
     text
+}
+
+/// Whether a call failed because the connection under it did (HTTP/2 or the transport, as
+/// when a plaintext client meets a TLS relay), with only the library's words for it.
+fn broke_below_grpc(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let status = match cause.downcast_ref::<Error>() {
+            Some(Error::Status(status)) => Some(status),
+            _ => cause.downcast_ref::<sesame_tunnel::tonic::Status>(),
+        };
+        status.is_some_and(|status| {
+            let message = status.message();
+            message == "transport error" || message.starts_with("h2 protocol error")
+        })
+    })
 }
 
 /// The relay an error is about, if it names one.

@@ -210,6 +210,16 @@ fn every_way_of_not_reaching_a_relay_gets_a_hint_that_fits() {
 
     // A token the relay does not know: a new one is needed, not another login with it.
     let relay = Relay::start();
+    // http:// for a relay that serves TLS: the likeliest typo, with its fix.
+    let plaintext = relay.url.replace("https://", "http://");
+    let output = sesame_run(&["--relay", &plaintext, "ls"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not answer as a Sesame relay"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("try https://"), "{stderr}");
     let mut command = relay.command_with("sesame_0123abcd_00112233445566778899aabbccddeeff");
     command.arg("ls");
     let output = run(command, b"");
