@@ -2,7 +2,7 @@
 //! held for tokens, and the changes made to them. Nothing here reads or writes the disk, takes a lock or waits; the store calls
 //! these under its lock, and `persist` writes what they leave.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,8 +18,6 @@ pub(super) struct State {
     tokens: BTreeMap<String, Live>,
     /// Remote name to the id of the token that owns it.
     names: BTreeMap<String, String>,
-    /// How many names each token owns, by id: what `names` says, counted.
-    owned: HashMap<String, usize>,
     /// Public TCP port to the token it is held for.
     ports: BTreeMap<u16, PortEntry>,
     /// Counts the changes made since the store opened, so that persistence can tell whether
@@ -146,7 +144,6 @@ impl State {
         let mut state = State {
             tokens,
             names,
-            owned: HashMap::new(),
             ports,
             generation: 0,
         };
@@ -163,10 +160,6 @@ impl State {
         self.names.retain(|_, owner| usable(owner));
         self.ports.retain(|_, held| usable(&held.token));
         let changed = names != self.names.len() || ports != self.ports.len();
-        self.owned.clear();
-        for owner in self.names.values() {
-            *self.owned.entry(owner.clone()).or_default() += 1;
-        }
         if changed {
             self.generation += 1;
         }
@@ -248,7 +241,6 @@ impl State {
         live.entry.revoked = Some(unix(now));
         live.ended.cancel();
         self.names.retain(|_, owner| owner != id);
-        self.owned.remove(id);
         self.ports.retain(|_, held| held.token != id);
         self.generation += 1;
         Ok(())
@@ -277,16 +269,12 @@ impl State {
             // Nobody owns it, or its owner is revoked or expired: it is free.
             _ => {}
         }
-        let owned = self.owned.get(id).copied().unwrap_or_default();
+        // Counted only for a name new to the token: once per registration of a new name.
+        let owned = self.names.values().filter(|owner| *owner == id).count();
         if owned >= max_names {
             return Claim::TooMany(owned);
         }
-        if let Some(previous) = self.names.insert(name.to_owned(), id.to_owned())
-            && let Some(count) = self.owned.get_mut(&previous)
-        {
-            *count = count.saturating_sub(1);
-        }
-        *self.owned.entry(id.to_owned()).or_default() += 1;
+        self.names.insert(name.to_owned(), id.to_owned());
         self.generation += 1;
         Claim::Claimed
     }
